@@ -18,6 +18,7 @@ from gated_jax.validate import validate_batch
 from gated_jax.verify import CheckEntry
 from gated_jax.verify import CheckReport
 from gated_jax.verify import check_vjp
+from gated_jax.verify import random_problem
 from gated_jax.vjp import grads
 from gated_jax.vjp import logits
 from gated_jax.vjp import loss
@@ -48,5 +49,6 @@ __all__ = [
     "predict_proba",
     "propagate",
     "r_vectors",
+    "random_problem",
     "validate_batch",
 ]

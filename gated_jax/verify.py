@@ -34,6 +34,7 @@ from gated_jax.model import Params
 from gated_jax.model import autodiff_loss
 from gated_jax.model import error
 from gated_jax.model import forward
+from gated_jax.model import init_params
 from gated_jax.model import layer2
 from gated_jax.model import layer3
 from gated_jax.vjp import Propagate
@@ -322,6 +323,35 @@ def _finite_difference_checks(
                 )
             )
     return entries
+
+
+def random_problem(seed: int, sizes, batch_shape, dtype=jnp.float32, bias_scale: float = 0.5):
+    """A random test problem: (params, x_left, x_right, t).
+
+    Args:
+      seed: an int seed.
+      sizes: (D_L, D_R, H, Q).
+      batch_shape: the leading shape of the batch, e.g. () or (2, 3).
+      dtype: of params and inputs.
+      bias_scale: std of the random biases (Glorot weights; biases non-zero so
+        that the gates are not all 1/2).
+    """
+    D_L, D_R, H, Q = sizes
+    k_init, k_bias, k_l, k_r, k_t = jax.random.split(jax.random.key(seed), 5)
+    params = init_params(k_init, D_L, D_R, H, Q, dtype=dtype)
+    bias_keys = iter(jax.random.split(k_bias, 12))
+    params = Params(
+        *(
+            p + bias_scale * jax.random.normal(next(bias_keys), p.shape, dtype)
+            if name.startswith("b")
+            else p
+            for name, p in zip(Params._fields, params, strict=True)
+        )
+    )
+    x_left = jax.random.normal(k_l, (*batch_shape, D_L), dtype)
+    x_right = jax.random.normal(k_r, (*batch_shape, D_R), dtype)
+    t = jnp.where(jax.random.bernoulli(k_t, 0.5, batch_shape), 1, -1).astype(dtype)
+    return params, x_left, x_right, t
 
 
 def check_vjp(

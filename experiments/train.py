@@ -1,0 +1,829 @@
+"""Train the gated two-branch network with Optax: `python -m experiments.train`.
+
+With no arguments this is the project's main job: digits-pairs (are two
+held-out 8x8 digit images the same digit?) to >= 99% test accuracy in well
+under two minutes on a 2-core CPU. Other tasks: `--task breast-cancer|moons|xor`
+or a user file `--data FILE.npz`.
+
+The data path (STYLE.md, "Training scripts"):
+
+    load_task / load_npz ─> make_train_epoch: one jit-compiled lax.scan of
+    train_step over minibatches shuffled on device ─> model.loss (gj.loss, a
+    custom_vjp, for --grad custom) ─> Optax update
+
+Everything random flows from `--seed`: the init key and the training key
+are split from PRNGKey(seed), and epoch e (0-based) uses
+fold_in(train_key, e), so any epoch can be re-run alone. On digits-pairs the
+training pairs are redrawn on device every epoch from the TRAIN images
+(`--resample-pairs`, on by default); the test pairs stay fixed and their
+images are disjoint from the training images.
+
+A run directory (`--out`, default runs/<task>-<YYYYmmdd-HHMMSS>) holds
+config.json, metrics.jsonl (one line per completed epoch), checkpoints/,
+plots/ and summary.json. `--resume DIR` continues a run from its latest
+checkpoint with its saved settings and ends bitwise identical to an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments import checkpoint
+from experiments import data as data_lib
+from experiments import models
+
+try:  # plots.py is written alongside this file; training must not depend on it
+    from experiments import plots as plots_lib
+except ImportError:  # pragma: no cover - only while plots.py does not exist yet
+    plots_lib = None
+
+PRNGKey = jax.Array
+PyTree = Any
+Metrics = dict[str, jax.Array]
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SGD_MOMENTUM = 0.9
+END_LR_FRACTION = 0.01  # the cosine schedule ends at this share of --lr
+TASK_OPTIONS = ("digits-pairs", "breast-cancer", "moons", "xor")
+
+
+class TrainConfig(NamedTuple):
+    """Every setting of a run; config.json stores them under "settings".
+
+    The defaults are the main job (digits-pairs), tuned on a 2-core CPU.
+    """
+
+    task: str = "digits-pairs"  # a data.TASKS name; ignored when `data` is set
+    data: str | None = None  # a .npz file instead of a task
+    test_fraction: float = 0.25  # held-out share (of images, for digits-pairs)
+    labels: str = "pm1"  # label coding of a .npz file: "pm1" or "01"
+    n_train_pairs: int = 20000  # digits-pairs: training pairs per epoch
+    n_test_pairs: int = 10000  # digits-pairs: fixed test pairs
+    resample_pairs: bool = True  # digits-pairs: fresh training pairs every epoch
+    model: str = "gated"  # "gated", "mlp" or "logreg"
+    hidden: int = 128  # H
+    gates: int = 32  # Q
+    grad: str = "custom"  # "custom": the explicit backward; "autodiff": jax.grad
+    optimizer: str = "adam"  # "adam", "adamw" or "sgd" (momentum 0.9)
+    lr: float = 3e-3  # peak learning rate
+    warmup_epochs: float = 1.0  # linear warmup from 0 to lr
+    schedule_epochs: int | None = None  # cosine horizon; None: `epochs`
+    weight_decay: float = 0.0  # decoupled for adamw, L2 added to the gradient otherwise
+    clip: float | None = None  # clip the gradient's global norm to this
+    batch_size: int = 128
+    epochs: int = 30  # total epochs of the run, counted from its start
+    seed: int = 0
+    ckpt_every: int = 1  # checkpoint every this many epochs (and at the end)
+
+
+class TrainState(NamedTuple):
+    """What train_step carries from one minibatch to the next."""
+
+    params: PyTree
+    opt_state: optax.OptState
+
+
+class PairPool(NamedTuple):
+    """Training images of digits-pairs, grouped by class, for drawing pairs on device."""
+
+    images: jax.Array  # (M, P) standardised training images
+    order: jax.Array  # (M,) int32 image rows sorted by class
+    starts: jax.Array  # (K,) int32 position in `order` of each class's first row
+    counts: jax.Array  # (K,) int32 images of each class
+
+
+# --------------------------------------------------------------------------
+# Pure pieces: optimizer, train step, epoch, evaluation
+# --------------------------------------------------------------------------
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Minibatches per epoch; the remainder of a shuffle is dropped (it changes every epoch)."""
+    return n_train // batch_size
+
+
+def make_schedule(config: TrainConfig, n_train: int) -> optax.Schedule:
+    """Linear warmup to `lr`, then cosine decay to END_LR_FRACTION * lr.
+
+    The horizon is `schedule_epochs` (default `epochs`) epochs of steps, so
+    epochs past it run at the final rate.
+    """
+    per_epoch = steps_per_epoch(n_train, config.batch_size)
+    horizon = config.schedule_epochs if config.schedule_epochs is not None else config.epochs
+    total = max(1, horizon * per_epoch)
+    warmup = min(round(config.warmup_epochs * per_epoch), total - 1)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.lr,
+        warmup_steps=warmup,
+        decay_steps=total,
+        end_value=END_LR_FRACTION * config.lr,
+    )
+
+
+def make_optimizer(config: TrainConfig, n_train: int) -> optax.GradientTransformation:
+    """The Optax chain of `config`: [clip] -> [L2] -> adam | adamw | sgd(momentum 0.9)."""
+    schedule = make_schedule(config, n_train)
+    parts = []
+    if config.clip is not None:
+        parts.append(optax.clip_by_global_norm(config.clip))
+    if config.optimizer == "adamw":
+        parts.append(optax.adamw(schedule, weight_decay=config.weight_decay))
+    else:
+        if config.weight_decay:
+            parts.append(optax.add_decayed_weights(config.weight_decay))
+        if config.optimizer == "adam":
+            parts.append(optax.adam(schedule))
+        elif config.optimizer == "sgd":
+            parts.append(optax.sgd(schedule, momentum=SGD_MOMENTUM))
+        else:
+            raise ValueError(f"unknown optimizer {config.optimizer!r}; choose {OPTIMIZERS}")
+    return optax.chain(*parts)
+
+
+def _accuracy(logits: jax.Array, t: jax.Array) -> jax.Array:
+    """Share of examples with sign(logit) == t (a logit of 0 counts as -1)."""
+    return jnp.mean(jnp.where(logits > 0, 1.0, -1.0) == t)
+
+
+def make_train_step(
+    model: models.Model, optimizer: optax.GradientTransformation
+) -> Callable[[TrainState, data_lib.Dataset], tuple[TrainState, Metrics]]:
+    """train_step(state, batch) -> (state, {"loss", "accuracy"}) of one minibatch.
+
+    The gradient is jax.grad(model.loss): for the gated model with grad="custom"
+    that is gj.loss's custom_vjp, the hand-derived backward. The metrics are
+    of the params before the update.
+    """
+
+    def train_step(state: TrainState, batch: data_lib.Dataset) -> tuple[TrainState, Metrics]:
+        loss, grads = jax.value_and_grad(model.loss)(
+            state.params, batch.x_left, batch.x_right, batch.t
+        )
+        logits = model.logits(state.params, batch.x_left, batch.x_right)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state), {"loss": loss, "accuracy": _accuracy(logits, batch.t)}
+
+    return train_step
+
+
+def make_train_epoch(
+    model: models.Model, optimizer: optax.GradientTransformation, batch_size: int
+) -> Callable[..., tuple[PyTree, optax.OptState, Metrics]]:
+    """epoch(params, opt_state, key, data) -> (params, opt_state, metrics).
+
+    One pass over `data` in a random order drawn from `key`
+    (`jax.random.permutation`, on device): n // batch_size minibatches, one
+    `lax.scan` of `train_step`. Pure, so it works under `jax.jit` and under
+    `jax.vmap` over (params, opt_state, key) with `data` shared
+    (in_axes=(0, 0, 0, None)), e.g. several seeds at once.
+
+    Args of `epoch`:
+      params: the model's params.
+      opt_state: `optimizer.init(params)` or a later state.
+      key: a PRNG key for the shuffle.
+      data: a Dataset of arrays x_left (N, D_L), x_right (N, D_R), t (N,).
+
+    Returns of `epoch`: the updated params and opt_state, and the mean over
+    the epoch's minibatches of "loss" and "accuracy" (both scalars).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    train_step = make_train_step(model, optimizer)
+
+    def epoch(
+        params: PyTree, opt_state: optax.OptState, key: PRNGKey, data: data_lib.Dataset
+    ) -> tuple[PyTree, optax.OptState, Metrics]:
+        n = data.t.shape[0]
+        n_steps = steps_per_epoch(n, batch_size)
+        if n_steps < 1:
+            raise ValueError(f"batch_size {batch_size} is larger than the {n} training examples")
+        order = jax.random.permutation(key, n)[: n_steps * batch_size]
+
+        def step(state: TrainState, rows: jax.Array) -> tuple[TrainState, Metrics]:
+            batch = jax.tree_util.tree_map(lambda a: a[rows], data)
+            return train_step(state, batch)
+
+        state, metrics = jax.lax.scan(
+            step, TrainState(params, opt_state), order.reshape(n_steps, batch_size)
+        )
+        return state.params, state.opt_state, jax.tree_util.tree_map(jnp.mean, metrics)
+
+    return epoch
+
+
+def make_evaluate(model: models.Model) -> Callable[[PyTree, data_lib.Dataset], Metrics]:
+    """evaluate(params, data) -> {"loss", "accuracy"}: jit-compiled, vmap over examples.
+
+    `model.logits` is vmapped over the rows of `data` (one example at a time
+    in the function's eyes); the result can itself be vmapped over stacked
+    params (in_axes=(0, None)) to score an ensemble.
+    """
+    per_example = jax.vmap(model.logits, in_axes=(None, 0, 0))
+
+    @jax.jit
+    def evaluate(params: PyTree, data: data_lib.Dataset) -> Metrics:
+        logits = per_example(params, data.x_left, data.x_right)
+        t = jnp.asarray(data.t).astype(logits.dtype)
+        loss = jnp.mean(jax.nn.softplus(-t * logits))
+        return {"loss": loss, "accuracy": _accuracy(logits, t)}
+
+    return evaluate
+
+
+def make_predict(model: models.Model) -> Callable[[PyTree, data_lib.Dataset], jax.Array]:
+    """predict(params, data) -> logits (N,), jit-compiled and vmapped over examples."""
+    return jax.jit(
+        lambda params, data: jax.vmap(model.logits, in_axes=(None, 0, 0))(
+            params, data.x_left, data.x_right
+        )
+    )
+
+
+# --------------------------------------------------------------------------
+# digits-pairs: fresh training pairs on device
+# --------------------------------------------------------------------------
+
+
+def pair_pool(split: data_lib.Split) -> PairPool:
+    """The standardised training images of a digits-pairs split, grouped by digit.
+
+    The images are load_digits() rows `info["train_images"]`, scaled exactly as
+    data.build_digits_pairs scales them (float64 arithmetic, then float32).
+    """
+    from sklearn.datasets import load_digits
+
+    train_rows, _ = data_lib.digits_pair_images(split)
+    bunch = load_digits()
+    scaling = split.info["scaling"]
+    mean, std = np.asarray(scaling["mean"]), np.asarray(scaling["std"])
+    images = ((bunch.data[train_rows].astype(np.float64) - mean) / std).astype(np.float32)
+    digits = np.asarray(bunch.target[train_rows])
+    order = np.argsort(digits, kind="stable")
+    _, starts, counts = np.unique(digits[order], return_index=True, return_counts=True)
+    return PairPool(
+        images=jnp.asarray(images),
+        order=jnp.asarray(order, jnp.int32),
+        starts=jnp.asarray(starts, jnp.int32),
+        counts=jnp.asarray(counts, jnp.int32),
+    )
+
+
+def sample_pair_data(key: PRNGKey, pool: PairPool, n_pairs: int) -> data_lib.Dataset:
+    """`n_pairs` balanced same/different pairs of pool images, drawn on device.
+
+    The same scheme as data.sample_pairs: half the pairs take a class
+    uniformly and two different images of it (t = +1); the other half take
+    an ordered pair of distinct classes uniformly and an image of each
+    (t = -1). The pairs are shuffled together.
+
+    Args:
+      key: PRNG key.
+      pool: the training images, grouped by class.
+      n_pairs: even, static.
+
+    Returns:
+      Dataset x_left, x_right (n_pairs, P), t (n_pairs,) float32.
+    """
+    if n_pairs < 2 or n_pairs % 2:
+        raise ValueError(f"n_pairs must be even and >= 2, got {n_pairs}")
+    half, k = n_pairs // 2, pool.counts.shape[0]
+    keys = jax.random.split(key, 8)
+
+    def randint(key: PRNGKey, high: jax.Array | int) -> jax.Array:
+        return jax.random.randint(key, (half,), 0, high)
+
+    same = randint(keys[0], k)
+    i = randint(keys[1], pool.counts[same])
+    j = randint(keys[2], pool.counts[same] - 1)
+    j = j + (j >= i)  # a different image of the same class
+    c1 = randint(keys[3], k)
+    c2 = randint(keys[4], k - 1)
+    c2 = c2 + (c2 >= c1)  # a different class
+    k1, k2 = randint(keys[5], pool.counts[c1]), randint(keys[6], pool.counts[c2])
+
+    def rows(cls: jax.Array, pos: jax.Array) -> jax.Array:
+        return pool.order[pool.starts[cls] + pos]
+
+    left = jnp.concatenate([rows(same, i), rows(c1, k1)])
+    right = jnp.concatenate([rows(same, j), rows(c2, k2)])
+    t = jnp.concatenate([jnp.ones(half), -jnp.ones(half)]).astype(jnp.float32)
+    perm = jax.random.permutation(keys[7], n_pairs)
+    left, right, t = left[perm], right[perm], t[perm]
+    return data_lib.Dataset(x_left=pool.images[left], x_right=pool.images[right], t=t)
+
+
+# --------------------------------------------------------------------------
+# Data, keys, run directory
+# --------------------------------------------------------------------------
+
+
+def task_name(config: TrainConfig) -> str:
+    """The task's name: the file's stem for --data, else --task."""
+    if config.data is not None:
+        return pathlib.Path(config.data).stem
+    return config.task
+
+
+def load_split(config: TrainConfig) -> data_lib.Split:
+    """The run's data, rebuilt deterministically from its settings.
+
+    Raises:
+      ValueError: unknown task, a bad file, or bad sizes.
+    """
+    if config.data is not None:
+        return data_lib.load_npz(
+            config.data, test_fraction=config.test_fraction, seed=config.seed, labels=config.labels
+        )
+    kwargs: dict[str, Any] = {}
+    if config.task == "digits-pairs":
+        kwargs = {"n_train_pairs": config.n_train_pairs, "n_test_pairs": config.n_test_pairs}
+    return data_lib.load_task(
+        config.task, seed=config.seed, test_fraction=config.test_fraction, **kwargs
+    )
+
+
+def uses_pair_pool(config: TrainConfig) -> bool:
+    return config.data is None and config.task == "digits-pairs" and config.resample_pairs
+
+
+def run_keys(seed: int) -> tuple[PRNGKey, PRNGKey]:
+    """(init_key, train_key) of a run; epoch e (0-based) uses fold_in(train_key, e)."""
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+    return init_key, train_key
+
+
+def epoch_key(train_key: PRNGKey, epoch_index: int) -> PRNGKey:
+    """The key of the 0-based epoch `epoch_index`, independent of how the run was split up."""
+    return jax.random.fold_in(train_key, epoch_index)
+
+
+def check_config(config: TrainConfig) -> None:
+    """Settings that are wrong whatever the data. Raises ValueError."""
+
+    def positive_int(name: str) -> None:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+    for name in ("epochs", "batch_size", "hidden", "gates", "ckpt_every"):
+        positive_int(name)
+    if config.schedule_epochs is not None:
+        positive_int("schedule_epochs")
+    if config.data is None and config.task not in data_lib.TASKS:
+        raise ValueError(f"unknown task {config.task!r}; choose one of {', '.join(data_lib.TASKS)}")
+    if config.data is not None and not os.path.isfile(config.data):
+        raise ValueError(f"--data {config.data}: file not found")
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
+    if config.grad not in models.GRADS:
+        raise ValueError(f"--grad must be one of {', '.join(models.GRADS)}, got {config.grad!r}")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise ValueError(f"--lr must be a positive number, got {config.lr}")
+    if not config.warmup_epochs >= 0:
+        raise ValueError(f"--warmup-epochs must be >= 0, got {config.warmup_epochs}")
+    if not config.weight_decay >= 0:
+        raise ValueError(f"--weight-decay must be >= 0, got {config.weight_decay}")
+    if config.clip is not None and not config.clip > 0:
+        raise ValueError(f"--clip must be positive, got {config.clip}")
+    if config.task == "digits-pairs" and config.data is None:
+        for name in ("n_train_pairs", "n_test_pairs"):
+            value = getattr(config, name)
+            if value < 2 or value % 2:
+                raise ValueError(f"--{name.replace('_', '-')} must be even and >= 2, got {value}")
+
+
+def check_against_data(config: TrainConfig, split: data_lib.Split) -> None:
+    n_train = int(split.train.t.shape[0])
+    if config.batch_size > n_train:
+        raise ValueError(
+            f"--batch-size {config.batch_size} is larger than the training set ({n_train} examples)"
+        )
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Package versions and devices, for config.json."""
+    import gated_jax
+
+    return {
+        "versions": {
+            "jax": jax.__version__,
+            "jaxlib": _version("jaxlib"),
+            "optax": optax.__version__,
+            "numpy": np.__version__,
+            "gated_jax": gated_jax.__version__,
+            "python": sys.version.split()[0],
+        },
+        "devices": [str(d) for d in jax.devices()],
+    }
+
+
+def default_workdir(config: TrainConfig) -> pathlib.Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return pathlib.Path("runs") / f"{task_name(config)}-{stamp}"
+
+
+def read_config(workdir: os.PathLike | str) -> TrainConfig:
+    """The TrainConfig saved in WORKDIR/config.json.
+
+    Raises:
+      ValueError: no config.json, or one that is not a run's config.
+    """
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{workdir}: not a run directory (no {CONFIG_FILE})")
+    try:
+        saved = json.loads(path.read_text())["settings"]
+        unknown = sorted(set(saved) - set(TrainConfig._fields))
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}")
+        return TrainConfig(**saved)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: not a valid run config ({e})") from None
+
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def read_metrics(workdir: os.PathLike | str) -> list[dict[str, Any]]:
+    path = pathlib.Path(workdir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(workdir: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+    tmp = workdir / f".{METRICS_FILE}.tmp"
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(tmp, workdir / METRICS_FILE)
+
+
+# --------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------
+
+
+def _progress(epochs: range, quiet: bool):
+    """A tqdm bar over `epochs` on stderr, off when quiet or stderr is not a terminal."""
+    from tqdm import tqdm
+
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(epochs, desc="epochs", unit="epoch", disable=disable, file=sys.stderr)
+
+
+def _log(bar: Any, line: str, quiet: bool) -> None:
+    if not quiet:
+        bar.write(line, file=sys.stdout)
+
+
+def _format_row(row: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  "
+        f"train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}  "
+        f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.2%}  "
+        f"{row['seconds']:.2f}s"
+    )
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The final table printed at the end of a run."""
+    lines = [
+        ("run", str(summary["workdir"])),
+        ("task", summary["task"]),
+        ("epochs", str(summary["epochs"])),
+        ("train loss / accuracy", f"{summary['train_loss']:.4f} / {summary['train_accuracy']:.2%}"),
+        ("test loss / accuracy", f"{summary['test_loss']:.4f} / {summary['test_accuracy']:.2%}"),
+        (
+            "best test accuracy",
+            f"{summary['best_test_accuracy']:.2%} (epoch {summary['best_epoch']})",
+        ),
+        ("training time", f"{summary['train_seconds']:.1f}s (epochs, all sessions)"),
+        ("compile time", f"{summary['compile_seconds']:.1f}s (this session)"),
+        ("wall time", f"{summary['wall_seconds']:.1f}s (this session)"),
+        ("examples / second", f"{summary['examples_per_second']:,.0f}"),
+    ]
+    width = max(len(name) for name, _ in lines)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
+
+
+def train_and_evaluate(
+    config: TrainConfig,
+    workdir: os.PathLike | str,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Trains `config` in `workdir` (or continues it) and returns the summary.
+
+    Args:
+      config: the settings; on resume, those of the saved run (`read_config`),
+        with `epochs` the new total.
+      workdir: the run directory; it must not hold a config.json unless resuming.
+      resume: continue from the latest checkpoint in `workdir`; metrics.jsonl
+        is cut back to the checkpoint's epoch first.
+      quiet: no progress bar and no per-epoch lines.
+
+    Returns:
+      The summary dict (also written to summary.json): final and best
+      metrics, times, examples/second, the final params under "params".
+
+    Raises:
+      ValueError: a bad setting, bad data, an existing run dir without
+        `resume`, or (`checkpoint.CheckpointError`) a missing checkpoint.
+    """
+    wall_start = time.perf_counter()
+    workdir = pathlib.Path(workdir)
+    check_config(config)
+    if not resume and (workdir / CONFIG_FILE).exists():
+        raise ValueError(
+            f"{workdir} already holds a run ({CONFIG_FILE}); continue it with "
+            f"--resume {workdir} or choose another --out"
+        )
+    if resume and checkpoint.latest_checkpoint(workdir) is None:
+        raise checkpoint.CheckpointError(f"{workdir}: no checkpoint to resume from")
+
+    split = load_split(config)
+    check_against_data(config, split)
+    train, test = (
+        data_lib.Dataset(*(jnp.asarray(a) for a in part)) for part in (split.train, split.test)
+    )
+    n_train = int(train.t.shape[0])
+    d_left, d_right = int(train.x_left.shape[1]), int(train.x_right.shape[1])
+    model = models.build(config.model, hidden=config.hidden, gates=config.gates, grad=config.grad)
+    optimizer = make_optimizer(config, n_train)
+    init_key, train_key = run_keys(config.seed)
+    params = model.init(init_key, d_left, d_right)
+    opt_state = optimizer.init(params)
+
+    start_epoch, rows = 0, []
+    if resume:
+        restored = checkpoint.restore_checkpoint(
+            workdir, params_template=params, opt_state_template=opt_state, key_template=train_key
+        )
+        if restored.epoch > config.epochs:
+            raise ValueError(
+                f"{workdir} already has {restored.epoch} epochs; --epochs {config.epochs} "
+                "would go back"
+            )
+        if not np.array_equal(np.asarray(restored.key), np.asarray(train_key)):
+            raise checkpoint.CheckpointError(
+                f"{workdir}: the checkpoint's key does not come from seed {config.seed}"
+            )
+        params, opt_state, start_epoch = restored.params, restored.opt_state, restored.epoch
+        rows = [row for row in read_metrics(workdir) if row["epoch"] <= start_epoch]
+        _write_metrics(workdir, rows)
+        saved = json.loads((workdir / CONFIG_FILE).read_text())
+        saved["settings"] = config._asdict()
+        saved.setdefault("resumes", []).append(
+            {"from_epoch": start_epoch, "epochs": config.epochs, "at": _now()}
+        )
+        _write_json(workdir / CONFIG_FILE, saved)
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _write_json(
+            workdir / CONFIG_FILE,
+            {
+                "settings": config._asdict(),
+                "task": task_name(config),
+                "model": model.name,
+                "param_count": models.param_count(params),
+                "steps_per_epoch": steps_per_epoch(n_train, config.batch_size),
+                "created": _now(),
+                **environment(),
+                "data_info": split.info,
+            },
+        )
+        _write_metrics(workdir, [])
+
+    epoch_fn = make_train_epoch(model, optimizer, config.batch_size)
+    evaluate = make_evaluate(model)
+    pool = pair_pool(split) if uses_pair_pool(config) else None
+
+    def run_epoch(params, opt_state, key, train, test, pool):
+        if pool is not None:
+            pairs_key, key = jax.random.split(key)
+            train = sample_pair_data(pairs_key, pool, config.n_train_pairs)
+        params, opt_state, metrics = epoch_fn(params, opt_state, key, train)
+        return params, opt_state, metrics, evaluate(params, test)
+
+    compile_start = time.perf_counter()
+    compiled = (
+        jax.jit(run_epoch)
+        .lower(params, opt_state, epoch_key(train_key, 0), train, test, pool)
+        .compile()
+    )
+    compile_seconds = time.perf_counter() - compile_start
+
+    bar = _progress(range(start_epoch, config.epochs), quiet)
+    for index in bar:
+        tick = time.perf_counter()
+        params, opt_state, train_m, test_m = compiled(
+            params, opt_state, epoch_key(train_key, index), train, test, pool
+        )
+        train_m, test_m = jax.device_get((train_m, test_m))
+        row = {
+            "epoch": index + 1,
+            "train_loss": float(train_m["loss"]),
+            "train_accuracy": float(train_m["accuracy"]),
+            "test_loss": float(test_m["loss"]),
+            "test_accuracy": float(test_m["accuracy"]),
+            "seconds": time.perf_counter() - tick,
+        }
+        rows.append(row)
+        with open(workdir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if (index + 1) % config.ckpt_every == 0 or index + 1 == config.epochs:
+            checkpoint.save_checkpoint(
+                workdir,
+                params=params,
+                opt_state=opt_state,
+                epoch=index + 1,
+                key=train_key,
+                extra={"test_accuracy": row["test_accuracy"], "seed": config.seed},
+            )
+        bar.set_postfix(
+            loss=f"{row['train_loss']:.4f}",
+            acc=f"{row['train_accuracy']:.2%}",
+            test_acc=f"{row['test_accuracy']:.2%}",
+        )
+        _log(bar, _format_row(row, config.epochs), quiet)
+    bar.close()
+
+    if plots_lib is not None:
+        plots_lib.write_plots(workdir, params, split, rows)
+    summary = _summarize(config, workdir, rows, n_train, compile_seconds, wall_start)
+    _write_json(workdir / SUMMARY_FILE, summary)
+    return {**summary, "params": params}
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def _summarize(
+    config: TrainConfig,
+    workdir: pathlib.Path,
+    rows: list[dict[str, Any]],
+    n_train: int,
+    compile_seconds: float,
+    wall_start: float,
+) -> dict[str, Any]:
+    examples_per_epoch = steps_per_epoch(n_train, config.batch_size) * config.batch_size
+    train_seconds = sum(row["seconds"] for row in rows)
+    last = rows[-1] if rows else {}
+    best = max(rows, key=lambda row: row["test_accuracy"]) if rows else {}
+    return {
+        "workdir": str(workdir),
+        "task": task_name(config),
+        "epochs": len(rows),
+        "train_loss": last.get("train_loss", math.nan),
+        "train_accuracy": last.get("train_accuracy", math.nan),
+        "test_loss": last.get("test_loss", math.nan),
+        "test_accuracy": last.get("test_accuracy", math.nan),
+        "best_test_accuracy": best.get("test_accuracy", math.nan),
+        "best_epoch": best.get("epoch"),
+        "train_seconds": train_seconds,
+        "compile_seconds": compile_seconds,
+        "wall_seconds": time.perf_counter() - wall_start,
+        "examples_per_second": (
+            len(rows) * examples_per_epoch / train_seconds if train_seconds else math.nan
+        ),
+    }
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "off", "0") else float(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = _Parser(
+        prog="python -m experiments.train",
+        description="Train the gated two-branch network (defaults: the digits-pairs main job).",
+        argument_default=argparse.SUPPRESS,  # only what is given reaches the config
+    )
+    src = p.add_argument_group("data")
+    src.add_argument("--task", choices=TASK_OPTIONS, help=f"a bundled task (default {d.task})")
+    src.add_argument("--data", metavar="FILE.npz", help="train on a .npz file instead of a task")
+    src.add_argument("--test-fraction", type=float, help=f"held-out share ({d.test_fraction})")
+    src.add_argument("--labels", choices=("pm1", "01"), help="label coding of --data (pm1)")
+    src.add_argument(
+        "--n-train-pairs", type=int, help=f"digits-pairs: pairs per epoch ({d.n_train_pairs})"
+    )
+    src.add_argument(
+        "--n-test-pairs", type=int, help=f"digits-pairs: test pairs ({d.n_test_pairs})"
+    )
+    src.add_argument(
+        "--resample-pairs",
+        action=argparse.BooleanOptionalAction,
+        help="digits-pairs: draw fresh training pairs every epoch (default on)",
+    )
+    net = p.add_argument_group("model and optimizer")
+    net.add_argument("--model", choices=("gated", "mlp", "logreg"), help="(gated)")
+    net.add_argument("--hidden", type=int, help=f"H ({d.hidden})")
+    net.add_argument("--gates", type=int, help=f"Q ({d.gates})")
+    net.add_argument(
+        "--grad",
+        choices=models.GRADS,
+        help="custom: the explicit backward (gj.loss); autodiff: jax.grad of the forward",
+    )
+    net.add_argument("--optimizer", choices=OPTIMIZERS, help=f"({d.optimizer})")
+    net.add_argument("--lr", type=float, help=f"peak learning rate ({d.lr})")
+    net.add_argument("--warmup-epochs", type=float, help=f"({d.warmup_epochs})")
+    net.add_argument("--schedule-epochs", type=int, help="cosine horizon (default --epochs)")
+    net.add_argument("--weight-decay", type=float, help=f"({d.weight_decay})")
+    net.add_argument("--clip", type=_optional_float, help="clip the global gradient norm (off)")
+    net.add_argument("--batch-size", type=int, help=f"({d.batch_size})")
+    net.add_argument("--epochs", type=int, help=f"total epochs of the run ({d.epochs})")
+    net.add_argument("--seed", type=int, help=f"({d.seed})")
+    run = p.add_argument_group("run")
+    run.add_argument("--out", metavar="DIR", help="run directory (runs/<task>-<time>)")
+    run.add_argument("--ckpt-every", type=int, help=f"epochs between checkpoints ({d.ckpt_every})")
+    run.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue DIR from its latest checkpoint with its saved settings "
+        "(--epochs may raise or lower the total)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
+    return p
+
+
+_RESUME_ALLOWED = {"resume", "epochs", "quiet"}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parses `argv`, trains, prints the summary table; errors exit with code 2."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    quiet = args.pop("quiet", False)
+    try:
+        if "resume" in args:
+            extra = sorted(set(args) - _RESUME_ALLOWED)
+            if extra:
+                flags = ", ".join("--" + name.replace("_", "-") for name in extra)
+                parser.error(f"--resume uses the run's saved settings; remove {flags}")
+            workdir = pathlib.Path(args["resume"])
+            config = read_config(workdir)
+            if "epochs" in args:
+                config = config._replace(epochs=args["epochs"])
+            resume = True
+        else:
+            out = args.pop("out", None)
+            config = TrainConfig(**args)
+            workdir = pathlib.Path(out) if out is not None else default_workdir(config)
+            resume = False
+        summary = train_and_evaluate(config, workdir, resume=resume, quiet=quiet)
+    except ValueError as e:  # includes checkpoint.CheckpointError
+        parser.error(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    print(summary_table(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
