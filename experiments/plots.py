@@ -37,8 +37,8 @@ if TYPE_CHECKING:  # only for annotations: plotting needs no scikit-learn import
 
 PathLike = str | os.PathLike
 
-# Rows per compiled call: every batch is padded to this size, so a data set of
-# any length compiles the forward pass once.
+# Rows per compiled call: the last batch is padded to this size, so a data set
+# of any length above it compiles the forward pass only once.
 BATCH_SIZE = 4096
 DPI = 100
 

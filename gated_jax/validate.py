@@ -168,5 +168,5 @@ def validate_batch(params: Any, x_left: Any, x_right: Any, t: Any) -> None:
         first = _first_index(bad)
         raise ValueError(
             f"t has {int(bad.sum())} labels other than -1 and +1; "
-            f"the first at index {first} is {t_arr[first]!r}"
+            f"the first at index {first} is {t_arr[first].item()!r}"
         )
