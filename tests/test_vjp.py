@@ -33,35 +33,23 @@ def _custom_and_autodiff(params, x_left, x_right, t):
     return custom, autodiff
 
 
-@settings(max_examples=10, deadline=None)
-@given(problems)
-def test_custom_vjp_equals_autodiff_float64(problem):
+@pytest.mark.parametrize(
+    "dtype, tol", [(jnp.float64, 1e-10), (jnp.float32, 1e-5)], ids=["float64", "float32"]
+)
+@settings(max_examples=8, deadline=None)
+@given(problem=problems)
+def test_custom_vjp_equals_autodiff(dtype, tol, problem):
     seed, sizes, batch = problem
-    with jax.enable_x64(True):
-        custom, autodiff = _custom_and_autodiff(*make_problem(seed, sizes, batch, jnp.float64))
+    with jax.enable_x64(dtype == jnp.float64):
+        custom, autodiff = _custom_and_autodiff(*make_problem(seed, sizes, batch, dtype))
         for name, c, a in zip(
             (*gj.Params._fields, "x_left", "x_right"),
             jax.tree.leaves(custom),
             jax.tree.leaves(autodiff),
             strict=True,
         ):
-            assert c.dtype == jnp.float64
-            assert rel_err(c, a) <= 1e-10, name
-
-
-@settings(max_examples=10, deadline=None)
-@given(problems)
-def test_custom_vjp_equals_autodiff_float32(problem):
-    seed, sizes, batch = problem
-    custom, autodiff = _custom_and_autodiff(*make_problem(seed, sizes, batch, jnp.float32))
-    for name, c, a in zip(
-        (*gj.Params._fields, "x_left", "x_right"),
-        jax.tree.leaves(custom),
-        jax.tree.leaves(autodiff),
-        strict=True,
-    ):
-        assert c.dtype == jnp.float32
-        assert rel_err(c, a) <= 1e-5, name
+            assert c.dtype == dtype
+            assert rel_err(c, a) <= tol, name
 
 
 def test_the_comparison_rejects_a_wrong_backward(x64):
