@@ -58,12 +58,12 @@ def load_run(
     model = models.build(config.model, hidden=config.hidden, gates=config.gates, grad=config.grad)
     optimizer = train_lib.make_optimizer(config, n_train)
     init_key, train_key = train_lib.run_keys(config.seed)
-    params = model.init(init_key, d_left, d_right)
+    # Shapes and dtypes are all a template needs: nothing is computed.
+    params, opt_state = jax.eval_shape(
+        lambda key: (lambda p: (p, optimizer.init(p)))(model.init(key, d_left, d_right)), init_key
+    )
     restored = checkpoint.restore_checkpoint(
-        run_dir,
-        params_template=params,
-        opt_state_template=optimizer.init(params),
-        key_template=train_key,
+        run_dir, params_template=params, opt_state_template=opt_state, key_template=train_key
     )
     return config, model, restored.params, restored.epoch, (d_left, d_right)
 
@@ -103,13 +103,16 @@ def load_examples(
 def score(model: models.Model, params: PyTree, examples: data_lib.Dataset) -> dict[str, Any]:
     """Loss, accuracy, ROC AUC and confusion counts of `params` on `examples`.
 
-    Loss and accuracy come from `train.make_evaluate` (jit + vmap), the logits
-    for AUC and counts from `train.make_predict`.
+    One compiled call gives `train.make_evaluate`'s loss and accuracy (jit +
+    vmap over examples) and `train.make_predict`'s logits, from which the
+    AUC and the counts are computed (+1 predicted where logit > 0).
     """
+    evaluate, predict = train_lib.make_evaluate(model), train_lib.make_predict(model)
     batch = data_lib.Dataset(*(jnp.asarray(a) for a in examples))
-    metrics = jax.device_get(train_lib.make_evaluate(model)(params, batch))
-    logits = np.asarray(train_lib.make_predict(model)(params, batch))
-    positive, predicted = examples.t > 0, logits > 0
+    metrics, logits = jax.device_get(
+        jax.jit(lambda p, d: (evaluate(p, d), predict(p, d)))(params, batch)
+    )
+    positive, predicted = examples.t > 0, np.asarray(logits) > 0
     both_classes = bool(positive.any() and (~positive).any())
     return {
         "n": int(examples.t.shape[0]),

@@ -1,9 +1,16 @@
 """Train the gated two-branch network with Optax: `python -m experiments.train`.
 
 With no arguments this is the project's main job: digits-pairs (are two
-held-out 8x8 digit images the same digit?) to >= 99% test accuracy in well
-under two minutes on a 2-core CPU. Other tasks: `--task breast-cancer|moons|xor`
-or a user file `--data FILE.npz`.
+held-out 8x8 digit images the same digit?). On a 2-core CPU it ends at 99.10%
+test accuracy (10,000 fixed test pairs) in about 40 s wall time, compile
+included. Other tasks: `--task breast-cancer|moons|xor` or a user file
+`--data FILE.npz`.
+
+What gets digits-pairs past 99% (from ~96% with plain training): fresh
+training pairs every epoch, Gaussian noise on the training pixels
+(`--input-noise`), and `--symmetric`: the right branch starts as a copy of
+the left and every step trains on both orders of its pairs, so the two
+branches act as one shared (Siamese) encoder.
 
 The data path (STYLE.md, "Training scripts"):
 
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib.metadata
 import json
 import math
@@ -46,14 +54,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import gated_jax as gj
 from experiments import checkpoint
 from experiments import data as data_lib
 from experiments import models
-
-try:  # plots.py is written alongside this file; training must not depend on it
-    from experiments import plots as plots_lib
-except ImportError:  # pragma: no cover - only while plots.py does not exist yet
-    plots_lib = None
 
 PRNGKey = jax.Array
 PyTree = Any
@@ -66,6 +70,10 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SGD_MOMENTUM = 0.9
 END_LR_FRACTION = 0.01  # the cosine schedule ends at this share of --lr
 TASK_OPTIONS = ("digits-pairs", "breast-cancer", "moons", "xor")
+# Gaussian noise on the (standardised) training pixels of digits-pairs, fresh
+# every epoch: the regulariser that lifts held-out accuracy from ~96% to ~99%
+# (with `symmetric`, a Siamese start, to ~99.2%).
+DIGITS_INPUT_NOISE = 0.8
 
 
 class TrainConfig(NamedTuple):
@@ -78,21 +86,23 @@ class TrainConfig(NamedTuple):
     data: str | None = None  # a .npz file instead of a task
     test_fraction: float = 0.25  # held-out share (of images, for digits-pairs)
     labels: str = "pm1"  # label coding of a .npz file: "pm1" or "01"
-    n_train_pairs: int = 20000  # digits-pairs: training pairs per epoch
+    n_train_pairs: int = 25000  # digits-pairs: training pairs per epoch
     n_test_pairs: int = 10000  # digits-pairs: fixed test pairs
     resample_pairs: bool = True  # digits-pairs: fresh training pairs every epoch
+    input_noise: float | None = None  # std of Gaussian noise on training inputs; None: task default
+    symmetric: bool | None = None  # both orders of every pair, mirrored start; None: task default
     model: str = "gated"  # "gated", "mlp" or "logreg"
-    hidden: int = 128  # H
-    gates: int = 32  # Q
+    hidden: int = 256  # H
+    gates: int = 64  # Q
     grad: str = "custom"  # "custom": the explicit backward; "autodiff": jax.grad
-    optimizer: str = "adam"  # "adam", "adamw" or "sgd" (momentum 0.9)
+    optimizer: str = "adamw"  # "adam", "adamw" or "sgd" (momentum 0.9)
     lr: float = 3e-3  # peak learning rate
     warmup_epochs: float = 1.0  # linear warmup from 0 to lr
     schedule_epochs: int | None = None  # cosine horizon; None: `epochs`
-    weight_decay: float = 0.0  # decoupled for adamw, L2 added to the gradient otherwise
+    weight_decay: float = 1e-2  # decoupled for adamw, L2 added to the gradient otherwise
     clip: float | None = None  # clip the gradient's global norm to this
-    batch_size: int = 128
-    epochs: int = 30  # total epochs of the run, counted from its start
+    batch_size: int = 128  # pairs per step (twice as many examples when symmetric)
+    epochs: int = 50  # total epochs of the run, counted from its start
     seed: int = 0
     ckpt_every: int = 1  # checkpoint every this many epochs (and at the end)
 
@@ -167,17 +177,58 @@ def _accuracy(logits: jax.Array, t: jax.Array) -> jax.Array:
     return jnp.mean(jnp.where(logits > 0, 1.0, -1.0) == t)
 
 
+def both_orders(batch: data_lib.Dataset) -> data_lib.Dataset:
+    """The batch followed by its mirror image: (x_L, x_R, t) and (x_R, x_L, t).
+
+    For a symmetric task (is x_L the same digit as x_R?) the swapped pair has
+    the same label, so this doubles the batch at no cost in data.
+
+    Args:
+      batch: x_left (B, D), x_right (B, D), t (B,); both widths equal.
+
+    Returns:
+      x_left, x_right (2B, D), t (2B,).
+    """
+    return data_lib.Dataset(
+        x_left=jnp.concatenate([batch.x_left, batch.x_right]),
+        x_right=jnp.concatenate([batch.x_right, batch.x_left]),
+        t=jnp.concatenate([batch.t, batch.t]),
+    )
+
+
+def mirror_branches(params: gj.Params) -> gj.Params:
+    """The right branch set to a copy of the left one (a Siamese start).
+
+    With equal branches a3(x_L, x_R) = a3(x_R, x_L). Trained on both orders
+    of every pair (`both_orders`) the two branches get mirrored gradients,
+    so they stay (up to rounding, which Adam amplifies) one shared encoder
+    that sees every image of every pair.
+
+    Raises:
+      ValueError: D_L != D_R.
+    """
+    if params.W1_L.shape != params.W1_R.shape:
+        raise ValueError(
+            f"mirrored branches need D_L == D_R, got W1_L {params.W1_L.shape} and "
+            f"W1_R {params.W1_R.shape}"
+        )
+    return params._replace(W1_R=params.W1_L, b1_R=params.b1_L, W2_R=params.W2_L, b2_R=params.b2_L)
+
+
 def make_train_step(
-    model: models.Model, optimizer: optax.GradientTransformation
+    model: models.Model, optimizer: optax.GradientTransformation, *, symmetric: bool = False
 ) -> Callable[[TrainState, data_lib.Dataset], tuple[TrainState, Metrics]]:
     """train_step(state, batch) -> (state, {"loss", "accuracy"}) of one minibatch.
 
     The gradient is jax.grad(model.loss): for the gated model with grad="custom"
-    that is gj.loss's custom_vjp, the hand-derived backward. The metrics are
-    of the params before the update.
+    that is gj.loss's custom_vjp, the hand-derived backward. With `symmetric`
+    the step trains on `both_orders(batch)`. The metrics are of the params
+    before the update, on the examples the step trained on.
     """
 
     def train_step(state: TrainState, batch: data_lib.Dataset) -> tuple[TrainState, Metrics]:
+        if symmetric:
+            batch = both_orders(batch)
         loss, grads = jax.value_and_grad(model.loss)(
             state.params, batch.x_left, batch.x_right, batch.t
         )
@@ -190,7 +241,11 @@ def make_train_step(
 
 
 def make_train_epoch(
-    model: models.Model, optimizer: optax.GradientTransformation, batch_size: int
+    model: models.Model,
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    *,
+    symmetric: bool = False,
 ) -> Callable[..., tuple[PyTree, optax.OptState, Metrics]]:
     """epoch(params, opt_state, key, data) -> (params, opt_state, metrics).
 
@@ -198,7 +253,8 @@ def make_train_epoch(
     (`jax.random.permutation`, on device): n // batch_size minibatches, one
     `lax.scan` of `train_step`. Pure, so it works under `jax.jit` and under
     `jax.vmap` over (params, opt_state, key) with `data` shared
-    (in_axes=(0, 0, 0, None)), e.g. several seeds at once.
+    (in_axes=(0, 0, 0, None)), e.g. several seeds at once. With `symmetric`
+    each step trains on both orders of its pairs (`both_orders`).
 
     Args of `epoch`:
       params: the model's params.
@@ -211,7 +267,7 @@ def make_train_epoch(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    train_step = make_train_step(model, optimizer)
+    train_step = make_train_step(model, optimizer, symmetric=symmetric)
 
     def epoch(
         params: PyTree, opt_state: optax.OptState, key: PRNGKey, data: data_lib.Dataset
@@ -294,10 +350,12 @@ def pair_pool(split: data_lib.Split) -> PairPool:
 def sample_pair_data(key: PRNGKey, pool: PairPool, n_pairs: int) -> data_lib.Dataset:
     """`n_pairs` balanced same/different pairs of pool images, drawn on device.
 
-    The same scheme as data.sample_pairs: half the pairs take a class
-    uniformly and two different images of it (t = +1); the other half take
-    an ordered pair of distinct classes uniformly and an image of each
-    (t = -1). The pairs are shuffled together.
+    The scheme of data.sample_pairs: a "same" pair takes a class uniformly
+    and two different images of it (t = +1); a "different" pair takes an
+    ordered pair of distinct classes uniformly and an image of each (t = -1).
+    Same and different pairs alternate; `make_train_epoch` shuffles them.
+    All the randomness is one `jax.random.uniform` call, which keeps the
+    compiled program small.
 
     Args:
       key: PRNG key.
@@ -310,29 +368,59 @@ def sample_pair_data(key: PRNGKey, pool: PairPool, n_pairs: int) -> data_lib.Dat
     if n_pairs < 2 or n_pairs % 2:
         raise ValueError(f"n_pairs must be even and >= 2, got {n_pairs}")
     half, k = n_pairs // 2, pool.counts.shape[0]
-    keys = jax.random.split(key, 8)
+    u = jax.random.uniform(key, (7, half))
 
-    def randint(key: PRNGKey, high: jax.Array | int) -> jax.Array:
-        return jax.random.randint(key, (half,), 0, high)
+    def below(row: int, high: jax.Array | int) -> jax.Array:
+        """Uniform integers in [0, high) from u[row]; the clip guards float rounding."""
+        return jnp.minimum(jnp.floor(u[row] * high).astype(jnp.int32), high - 1)
 
-    same = randint(keys[0], k)
-    i = randint(keys[1], pool.counts[same])
-    j = randint(keys[2], pool.counts[same] - 1)
+    same = below(0, k)
+    i = below(1, pool.counts[same])
+    j = below(2, pool.counts[same] - 1)
     j = j + (j >= i)  # a different image of the same class
-    c1 = randint(keys[3], k)
-    c2 = randint(keys[4], k - 1)
+    c1 = below(3, k)
+    c2 = below(4, k - 1)
     c2 = c2 + (c2 >= c1)  # a different class
-    k1, k2 = randint(keys[5], pool.counts[c1]), randint(keys[6], pool.counts[c2])
+    k1, k2 = below(5, pool.counts[c1]), below(6, pool.counts[c2])
 
     def rows(cls: jax.Array, pos: jax.Array) -> jax.Array:
         return pool.order[pool.starts[cls] + pos]
 
-    left = jnp.concatenate([rows(same, i), rows(c1, k1)])
-    right = jnp.concatenate([rows(same, j), rows(c2, k2)])
-    t = jnp.concatenate([jnp.ones(half), -jnp.ones(half)]).astype(jnp.float32)
-    perm = jax.random.permutation(keys[7], n_pairs)
-    left, right, t = left[perm], right[perm], t[perm]
+    def alternate(same_part: jax.Array, different_part: jax.Array) -> jax.Array:
+        return jnp.stack([same_part, different_part], axis=1).reshape(n_pairs)
+
+    left = alternate(rows(same, i), rows(c1, k1))
+    right = alternate(rows(same, j), rows(c2, k2))
+    t = alternate(jnp.ones(half, jnp.float32), -jnp.ones(half, jnp.float32))
     return data_lib.Dataset(x_left=pool.images[left], x_right=pool.images[right], t=t)
+
+
+def epoch_data(
+    key: PRNGKey,
+    train: data_lib.Dataset,
+    pool: PairPool | None,
+    *,
+    n_pairs: int,
+    input_noise: float,
+) -> data_lib.Dataset:
+    """The training examples of one epoch, drawn on device from `key`.
+
+    With a `pool`, `n_pairs` fresh pairs of its images replace `train`;
+    with `input_noise` > 0, independent N(0, input_noise^2) noise is added to
+    every input of both branches. Pure; `train` is returned as is when
+    neither applies.
+    """
+    pairs_key, noise_key = jax.random.split(key)
+    if pool is not None:
+        train = sample_pair_data(pairs_key, pool, n_pairs)
+    if input_noise:
+        d_left = train.x_left.shape[-1]
+        shape = (*train.t.shape, d_left + train.x_right.shape[-1])
+        noise = input_noise * jax.random.normal(noise_key, shape, train.x_left.dtype)
+        train = train._replace(
+            x_left=train.x_left + noise[:, :d_left], x_right=train.x_right + noise[:, d_left:]
+        )
+    return train
 
 
 # --------------------------------------------------------------------------
@@ -367,6 +455,24 @@ def load_split(config: TrainConfig) -> data_lib.Split:
 
 def uses_pair_pool(config: TrainConfig) -> bool:
     return config.data is None and config.task == "digits-pairs" and config.resample_pairs
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """`config` with task-dependent defaults made explicit (what config.json stores).
+
+    On digits-pairs input_noise=None becomes DIGITS_INPUT_NOISE and
+    symmetric=None becomes True; elsewhere they become 0 and False.
+    schedule_epochs=None becomes `epochs`, so that a resumed run keeps its
+    learning-rate schedule whatever its new --epochs.
+    """
+    is_digits = config.data is None and config.task == "digits-pairs"
+    if config.schedule_epochs is None:
+        config = config._replace(schedule_epochs=config.epochs)
+    if config.input_noise is None:
+        config = config._replace(input_noise=DIGITS_INPUT_NOISE if is_digits else 0.0)
+    if config.symmetric is None:
+        config = config._replace(symmetric=is_digits)
+    return config
 
 
 def run_keys(seed: int) -> tuple[PRNGKey, PRNGKey]:
@@ -404,6 +510,8 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"--lr must be a positive number, got {config.lr}")
     if not config.warmup_epochs >= 0:
         raise ValueError(f"--warmup-epochs must be >= 0, got {config.warmup_epochs}")
+    if config.input_noise is not None and not config.input_noise >= 0:
+        raise ValueError(f"--input-noise must be >= 0, got {config.input_noise}")
     if not config.weight_decay >= 0:
         raise ValueError(f"--weight-decay must be >= 0, got {config.weight_decay}")
     if config.clip is not None and not config.clip > 0:
@@ -416,7 +524,11 @@ def check_config(config: TrainConfig) -> None:
 
 
 def check_against_data(config: TrainConfig, split: data_lib.Split) -> None:
+    """Settings that do not fit the data. Raises ValueError."""
     n_train = int(split.train.t.shape[0])
+    widths = (int(split.train.x_left.shape[1]), int(split.train.x_right.shape[1]))
+    if config.symmetric and widths[0] != widths[1]:
+        raise ValueError(f"--symmetric needs x_left and x_right of one width, got {widths}")
     if config.batch_size > n_train:
         raise ValueError(
             f"--batch-size {config.batch_size} is larger than the training set ({n_train} examples)"
@@ -432,15 +544,13 @@ def _version(package: str) -> str | None:
 
 def environment() -> dict[str, Any]:
     """Package versions and devices, for config.json."""
-    import gated_jax
-
     return {
         "versions": {
             "jax": jax.__version__,
             "jaxlib": _version("jaxlib"),
             "optax": optax.__version__,
             "numpy": np.__version__,
-            "gated_jax": gated_jax.__version__,
+            "gated_jax": gj.__version__,
             "python": sys.version.split()[0],
         },
         "devices": [str(d) for d in jax.devices()],
@@ -538,12 +648,153 @@ def summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
 
 
+@functools.lru_cache(maxsize=8)
+def initial_state_fn(
+    config: TrainConfig, n_train: int, d_left: int, d_right: int
+) -> Callable[[PRNGKey], tuple[PyTree, optax.OptState]]:
+    """jit(start): init_key -> (params, opt_state) at the start of a run.
+
+    The gated model starts from mirrored branches when `config.symmetric`.
+    Cached like `epoch_runner` (build the key with `_computation`).
+    """
+    model = models.build(config.model, hidden=config.hidden, gates=config.gates, grad=config.grad)
+    optimizer = make_optimizer(config, n_train)
+
+    def start(key: PRNGKey) -> tuple[PyTree, optax.OptState]:
+        params = model.init(key, d_left, d_right)
+        if config.symmetric and config.model == "gated":
+            params = mirror_branches(params)
+        return params, optimizer.init(params)
+
+    return jax.jit(start)
+
+
+def _computation(config: TrainConfig, n_train: int) -> tuple[TrainConfig, int]:
+    """What defines the compiled programs: `config` without seed, length, checkpointing
+    and the data's origin (shapes are jit's business), so such runs share them."""
+    horizon = config.schedule_epochs if config.schedule_epochs is not None else config.epochs
+    pool = uses_pair_pool(config)
+    computation = config._replace(
+        task="digits-pairs" if pool else "",
+        data=None,
+        test_fraction=0.0,
+        labels="",
+        n_train_pairs=config.n_train_pairs if pool else 0,
+        n_test_pairs=0,
+        seed=0,
+        epochs=horizon,
+        schedule_epochs=horizon,
+        ckpt_every=1,
+    )
+    return computation, n_train
+
+
+@functools.lru_cache(maxsize=8)
+def epoch_runner(config: TrainConfig, n_train: int) -> Callable[..., Any]:
+    """jit(run_epoch): one epoch's data, `make_train_epoch` and the test evaluation.
+
+    run_epoch(params, opt_state, key, train, test, pool) ->
+        (params, opt_state, train_metrics, test_metrics)
+
+    `key` is the epoch's key (`epoch_key`); it is split into the data key
+    (`epoch_data`: fresh pairs from `pool` if not None, input noise) and the
+    shuffle key. Cached, so runs with the same computation in one process
+    (tests, seeds) compile once; build the key with `_computation`.
+    """
+    model = models.build(config.model, hidden=config.hidden, gates=config.gates, grad=config.grad)
+    train_epoch = make_train_epoch(
+        model, make_optimizer(config, n_train), config.batch_size, symmetric=config.symmetric
+    )
+    evaluate = make_evaluate(model)
+
+    def run_epoch(params, opt_state, key, train, test, pool):
+        data_key, shuffle_key = jax.random.split(key)
+        data = epoch_data(
+            data_key, train, pool, n_pairs=config.n_train_pairs, input_noise=config.input_noise
+        )
+        params, opt_state, metrics = train_epoch(params, opt_state, shuffle_key, data)
+        return params, opt_state, metrics, evaluate(params, test)
+
+    return jax.jit(run_epoch)
+
+
+def _new_run(
+    config: TrainConfig,
+    workdir: pathlib.Path,
+    split: data_lib.Split,
+    model: models.Model,
+    params: PyTree,
+) -> None:
+    """Creates `workdir` with config.json and an empty metrics.jsonl."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(
+        workdir / CONFIG_FILE,
+        {
+            "settings": config._asdict(),
+            "task": task_name(config),
+            "model": model.name,
+            "param_count": models.param_count(params),
+            "steps_per_epoch": steps_per_epoch(int(split.train.t.shape[0]), config.batch_size),
+            "created": _now(),
+            **environment(),
+            "data_info": split.info,
+        },
+    )
+    _write_metrics(workdir, [])
+
+
+def _resume_run(
+    config: TrainConfig,
+    workdir: pathlib.Path,
+    params: PyTree,
+    opt_state: optax.OptState,
+    train_key: PRNGKey,
+) -> tuple[PyTree, optax.OptState, int, list[dict[str, Any]]]:
+    """Restores the latest checkpoint; cuts metrics.jsonl back to its epoch.
+
+    Returns:
+      (params, opt_state, completed epochs, metrics rows up to them).
+    """
+    restored = checkpoint.restore_checkpoint(
+        workdir, params_template=params, opt_state_template=opt_state, key_template=train_key
+    )
+    if restored.epoch > config.epochs:
+        raise ValueError(
+            f"{workdir} has {restored.epoch} epochs already; --epochs {config.epochs} would go back"
+        )
+    if not np.array_equal(np.asarray(restored.key), np.asarray(train_key)):
+        raise checkpoint.CheckpointError(
+            f"{workdir}: the checkpoint's key does not come from seed {config.seed}"
+        )
+    # Epochs logged after the checkpoint (a crash between the two) are redone.
+    rows = [row for row in read_metrics(workdir) if row["epoch"] <= restored.epoch]
+    _write_metrics(workdir, rows)
+    saved = json.loads((workdir / CONFIG_FILE).read_text())
+    saved["settings"] = config._asdict()
+    saved.setdefault("resumes", []).append(
+        {"from_epoch": restored.epoch, "epochs": config.epochs, "at": _now()}
+    )
+    _write_json(workdir / CONFIG_FILE, saved)
+    return restored.params, restored.opt_state, restored.epoch, rows
+
+
+def _write_plots(workdir: pathlib.Path, config: TrainConfig, params, split, rows) -> None:
+    from experiments import plots  # matplotlib only when a run ends
+
+    if config.model == "gated":
+        plots.write_plots(workdir, params, split, rows)
+    else:  # the gate and boundary pictures read gj.Params
+        (workdir / "plots").mkdir(exist_ok=True)
+        plots.plot_curves(rows, workdir / "plots" / "curves.png")
+
+
 def train_and_evaluate(
     config: TrainConfig,
     workdir: os.PathLike | str,
     *,
     resume: bool = False,
     quiet: bool = False,
+    write_plots: bool = True,
 ) -> dict[str, Any]:
     """Trains `config` in `workdir` (or continues it) and returns the summary.
 
@@ -554,10 +805,11 @@ def train_and_evaluate(
       resume: continue from the latest checkpoint in `workdir`; metrics.jsonl
         is cut back to the checkpoint's epoch first.
       quiet: no progress bar and no per-epoch lines.
+      write_plots: write plots/ at the end (experiments.plots).
 
     Returns:
       The summary dict (also written to summary.json): final and best
-      metrics, times, examples/second, the final params under "params".
+      metrics, times, examples/second; and the final params under "params".
 
     Raises:
       ValueError: a bad setting, bad data, an existing run dir without
@@ -565,6 +817,7 @@ def train_and_evaluate(
     """
     wall_start = time.perf_counter()
     workdir = pathlib.Path(workdir)
+    config = resolve_config(config)
     check_config(config)
     if not resume and (workdir / CONFIG_FILE).exists():
         raise ValueError(
@@ -576,80 +829,37 @@ def train_and_evaluate(
 
     split = load_split(config)
     check_against_data(config, split)
-    train, test = (
-        data_lib.Dataset(*(jnp.asarray(a) for a in part)) for part in (split.train, split.test)
-    )
+    train, test = (data_lib.Dataset(*map(jnp.asarray, part)) for part in (split.train, split.test))
     n_train = int(train.t.shape[0])
-    d_left, d_right = int(train.x_left.shape[1]), int(train.x_right.shape[1])
     model = models.build(config.model, hidden=config.hidden, gates=config.gates, grad=config.grad)
-    optimizer = make_optimizer(config, n_train)
     init_key, train_key = run_keys(config.seed)
-    params = model.init(init_key, d_left, d_right)
-    opt_state = optimizer.init(params)
-
-    start_epoch, rows = 0, []
+    widths = int(train.x_left.shape[1]), int(train.x_right.shape[1])
+    params, opt_state = initial_state_fn(*_computation(config, n_train), *widths)(init_key)
     if resume:
-        restored = checkpoint.restore_checkpoint(
-            workdir, params_template=params, opt_state_template=opt_state, key_template=train_key
-        )
-        if restored.epoch > config.epochs:
-            raise ValueError(
-                f"{workdir} already has {restored.epoch} epochs; --epochs {config.epochs} "
-                "would go back"
-            )
-        if not np.array_equal(np.asarray(restored.key), np.asarray(train_key)):
-            raise checkpoint.CheckpointError(
-                f"{workdir}: the checkpoint's key does not come from seed {config.seed}"
-            )
-        params, opt_state, start_epoch = restored.params, restored.opt_state, restored.epoch
-        rows = [row for row in read_metrics(workdir) if row["epoch"] <= start_epoch]
-        _write_metrics(workdir, rows)
-        saved = json.loads((workdir / CONFIG_FILE).read_text())
-        saved["settings"] = config._asdict()
-        saved.setdefault("resumes", []).append(
-            {"from_epoch": start_epoch, "epochs": config.epochs, "at": _now()}
-        )
-        _write_json(workdir / CONFIG_FILE, saved)
+        params, opt_state, start, rows = _resume_run(config, workdir, params, opt_state, train_key)
     else:
-        workdir.mkdir(parents=True, exist_ok=True)
-        _write_json(
-            workdir / CONFIG_FILE,
-            {
-                "settings": config._asdict(),
-                "task": task_name(config),
-                "model": model.name,
-                "param_count": models.param_count(params),
-                "steps_per_epoch": steps_per_epoch(n_train, config.batch_size),
-                "created": _now(),
-                **environment(),
-                "data_info": split.info,
-            },
-        )
-        _write_metrics(workdir, [])
+        _new_run(config, workdir, split, model, params)
+        start, rows = 0, []
 
-    epoch_fn = make_train_epoch(model, optimizer, config.batch_size)
-    evaluate = make_evaluate(model)
     pool = pair_pool(split) if uses_pair_pool(config) else None
+    run_epoch = epoch_runner(*_computation(config, n_train))
+    compile_seconds = 0.0
+    if start < config.epochs:
+        tick = time.perf_counter()
+        run_epoch = run_epoch.lower(
+            params, opt_state, epoch_key(train_key, start), train, test, pool
+        ).compile()
+        compile_seconds = time.perf_counter() - tick
 
-    def run_epoch(params, opt_state, key, train, test, pool):
-        if pool is not None:
-            pairs_key, key = jax.random.split(key)
-            train = sample_pair_data(pairs_key, pool, config.n_train_pairs)
-        params, opt_state, metrics = epoch_fn(params, opt_state, key, train)
-        return params, opt_state, metrics, evaluate(params, test)
-
-    compile_start = time.perf_counter()
-    compiled = (
-        jax.jit(run_epoch)
-        .lower(params, opt_state, epoch_key(train_key, 0), train, test, pool)
-        .compile()
-    )
-    compile_seconds = time.perf_counter() - compile_start
-
-    bar = _progress(range(start_epoch, config.epochs), quiet)
+    if not quiet and config.epochs > max(start, config.schedule_epochs):
+        print(
+            f"note: epochs {max(start, config.schedule_epochs) + 1}..{config.epochs} run past "
+            f"the cosine schedule ({config.schedule_epochs} epochs) at its final learning rate"
+        )
+    bar = _progress(range(start, config.epochs), quiet)
     for index in bar:
         tick = time.perf_counter()
-        params, opt_state, train_m, test_m = compiled(
+        params, opt_state, train_m, test_m = run_epoch(
             params, opt_state, epoch_key(train_key, index), train, test, pool
         )
         train_m, test_m = jax.device_get((train_m, test_m))
@@ -681,8 +891,8 @@ def train_and_evaluate(
         _log(bar, _format_row(row, config.epochs), quiet)
     bar.close()
 
-    if plots_lib is not None:
-        plots_lib.write_plots(workdir, params, split, rows)
+    if write_plots:
+        _write_plots(workdir, config, params, split, rows)
     summary = _summarize(config, workdir, rows, n_train, compile_seconds, wall_start)
     _write_json(workdir / SUMMARY_FILE, summary)
     return {**summary, "params": params}
@@ -701,6 +911,8 @@ def _summarize(
     wall_start: float,
 ) -> dict[str, Any]:
     examples_per_epoch = steps_per_epoch(n_train, config.batch_size) * config.batch_size
+    if config.symmetric:
+        examples_per_epoch *= 2  # both orders of every pair
     train_seconds = sum(row["seconds"] for row in rows)
     last = rows[-1] if rows else {}
     best = max(rows, key=lambda row: row["test_accuracy"]) if rows else {}
@@ -759,6 +971,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-test-pairs", type=int, help=f"digits-pairs: test pairs ({d.n_test_pairs})"
     )
     src.add_argument(
+        "--input-noise",
+        type=float,
+        help=f"std of Gaussian noise on training inputs ({DIGITS_INPUT_NOISE} on digits-pairs, "
+        "else 0)",
+    )
+    src.add_argument(
+        "--symmetric",
+        action=argparse.BooleanOptionalAction,
+        help="train on both orders of every pair from mirrored branches "
+        "(default on for digits-pairs)",
+    )
+    src.add_argument(
         "--resample-pairs",
         action=argparse.BooleanOptionalAction,
         help="digits-pairs: draw fresh training pairs every epoch (default on)",
@@ -787,14 +1011,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume",
         metavar="DIR",
-        help="continue DIR from its latest checkpoint with its saved settings "
-        "(--epochs may raise or lower the total)",
+        help="continue DIR from its latest checkpoint with its saved settings; --epochs sets "
+        "the new total (the cosine schedule keeps its saved horizon, --schedule-epochs)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
+    run.add_argument("--no-plots", action="store_true", help="do not write plots/")
     return p
 
 
-_RESUME_ALLOWED = {"resume", "epochs", "quiet"}
+_RESUME_ALLOWED = {"resume", "epochs"}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -802,6 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     quiet = args.pop("quiet", False)
+    plots = not args.pop("no_plots", False)
     try:
         if "resume" in args:
             extra = sorted(set(args) - _RESUME_ALLOWED)
@@ -818,7 +1044,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             config = TrainConfig(**args)
             workdir = pathlib.Path(out) if out is not None else default_workdir(config)
             resume = False
-        summary = train_and_evaluate(config, workdir, resume=resume, quiet=quiet)
+        summary = train_and_evaluate(config, workdir, resume=resume, quiet=quiet, write_plots=plots)
     except ValueError as e:  # includes checkpoint.CheckpointError
         parser.error(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
     print(summary_table(summary))
