@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import gated_jax as gj
 from experiments import data as data_lib
 from experiments import models
 from experiments import train as train_lib
@@ -61,7 +62,9 @@ def train_seeds(
     pool = train_lib.pair_pool(split) if train_lib.uses_pair_pool(config) else None
     n_train = config.n_train_pairs if pool is not None else int(train.t.shape[0])
     optimizer = train_lib.make_optimizer(config, n_train)
-    train_epoch = train_lib.make_train_epoch(model, optimizer, config.batch_size)
+    train_epoch = train_lib.make_train_epoch(
+        model, optimizer, config.batch_size, symmetric=config.symmetric
+    )
     evaluate = train_lib.make_evaluate(model)
 
     init_keys, train_keys = (
@@ -69,7 +72,14 @@ def train_seeds(
         for keys in zip(*(train_lib.run_keys(config.seed + s) for s in range(seeds)), strict=True)
     )
     d_left, d_right = int(train.x_left.shape[1]), int(train.x_right.shape[1])
-    params = jax.vmap(lambda key: model.init(key, d_left, d_right))(init_keys)
+
+    def init(key):
+        params = model.init(key, d_left, d_right)
+        if config.symmetric and isinstance(params, gj.Params):  # train's Siamese start
+            params = train_lib.mirror_branches(params)
+        return params
+
+    params = jax.vmap(init)(init_keys)
     opt_state = jax.vmap(optimizer.init)(params)
 
     def one_seed(params, opt_state, key):

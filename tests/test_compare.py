@@ -31,6 +31,20 @@ def test_baselines_have_about_equal_parameter_counts(tiny):
 
 def test_the_first_vmapped_seed_equals_a_training_run_of_that_seed(tiny, tmp_path):
     config, split = tiny
+    _check_first_seed_equals_train(config, split, tmp_path)
+
+
+def test_digits_pairs_seeds_get_trains_symmetric_loop_too(tmp_path):
+    config = train_lib.resolve_config(
+        train_lib.TrainConfig(
+            hidden=8, gates=4, epochs=1, batch_size=64, n_train_pairs=256, n_test_pairs=200
+        )
+    )
+    assert config.symmetric
+    _check_first_seed_equals_train(config, train_lib.load_split(config), tmp_path)
+
+
+def _check_first_seed_equals_train(config, split, tmp_path):
     gated = compare.baselines(config, 2, 2)[0]
     result = compare.train_seeds(gated, config, split, seeds=2)
     assert result.test_accuracy.shape == (2,)
