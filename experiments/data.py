@@ -309,6 +309,20 @@ def digits_pair_images(split: Split) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(split.info["train_images"]), np.asarray(split.info["test_images"])
 
 
+def digits_train_images(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """The training images of a digits-pairs split, scaled as its pairs are, and their digits.
+
+    Returns:
+      (images (M, 64) float32 standardised with the split's train statistics,
+       digits (M,) int).
+    """
+    train_rows, _ = digits_pair_images(split)
+    bunch = sk_datasets.load_digits()
+    scaling = split.info["scaling"]
+    mean, std = np.asarray(scaling["mean"]), np.asarray(scaling["std"])
+    return _standardize(bunch.data[train_rows], mean, std), np.asarray(bunch.target[train_rows])
+
+
 # --------------------------------------------------------------------------
 # The other tasks
 # --------------------------------------------------------------------------

@@ -329,14 +329,7 @@ def pair_pool(split: data_lib.Split) -> PairPool:
     The images are load_digits() rows `info["train_images"]`, scaled exactly as
     data.build_digits_pairs scales them (float64 arithmetic, then float32).
     """
-    from sklearn.datasets import load_digits
-
-    train_rows, _ = data_lib.digits_pair_images(split)
-    bunch = load_digits()
-    scaling = split.info["scaling"]
-    mean, std = np.asarray(scaling["mean"]), np.asarray(scaling["std"])
-    images = ((bunch.data[train_rows].astype(np.float64) - mean) / std).astype(np.float32)
-    digits = np.asarray(bunch.target[train_rows])
+    images, digits = data_lib.digits_train_images(split)
     order = np.argsort(digits, kind="stable")
     _, starts, counts = np.unique(digits[order], return_index=True, return_counts=True)
     return PairPool(

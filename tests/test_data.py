@@ -398,3 +398,15 @@ def test_load_npz_rejects_non_archives(tmp_path, content, match):
         path.write_bytes(content)
     with pytest.raises(ValueError, match=match):
         data.load_npz(path)
+
+
+def test_digits_train_images_are_the_images_behind_the_train_pairs():
+    split = data.load_task("digits-pairs", n_train_pairs=200, n_test_pairs=40)
+    images, digits = data.digits_train_images(split)
+    train_rows, _ = data.digits_pair_images(split)
+    assert images.shape == (len(train_rows), 64) and images.dtype == np.float32
+    assert digits.shape == (len(train_rows),)
+    rows = {row.tobytes(): d for row, d in zip(images, digits, strict=True)}
+    x = split.train
+    for left, right, t in zip(x.x_left, x.x_right, x.t, strict=True):
+        assert (rows[left.tobytes()] == rows[right.tobytes()]) == (t == 1)
