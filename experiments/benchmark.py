@@ -539,13 +539,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     quick = args.quick
     sizes = args.sizes or (["small", "medium"] if quick else list(SIZES))
-    repeats = args.repeats or (5 if quick else 15)
-    number = args.number or 5
-    steps = args.steps or (10 if quick else 50)
+    repeats = (5 if quick else 15) if args.repeats is None else args.repeats
+    number = 5 if args.number is None else args.number
+    steps = (10 if quick else 50) if args.steps is None else args.steps
     parts = set(args.parts or ("step", "torch", "train", "ensembles", "sweep"))
     if args.no_torch:
         parts.discard("torch")
-    if repeats < 1 or number < 1 or steps < 1:
+    if min(repeats, number, steps) < 1:
         parser.error("--repeats, --number and --steps must be >= 1")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or pathlib.Path("runs") / f"benchmark-{stamp}.json"
@@ -576,7 +576,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if "torch" in parts:
         say("(b, c) PyTorch in its own process ...")
         torch_args = ["--sizes", *sizes, "--repeats", str(repeats), "--number", str(number)]
-        torch_args += ["--steps", str(steps)]
+        torch_args += ["--steps", str(steps), "--train-sizes", "small"]
+        torch_args += ["--train-repeats", str(repeats)]
         if "sweep" in parts:
             shapes = [s for axis in doc["sweep"].values() for s in axis]
             torch_args += ["--shapes", *(",".join(map(str, r["shape"].values())) for r in shapes)]
