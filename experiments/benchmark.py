@@ -21,7 +21,8 @@ e. memory: compiled temporary and argument bytes of each step
    (`jit(...).lower(...).compile().memory_analysis()`);
 f. ensembles: K models trained at once with vmap, time per model;
 and a sweep of the step's time against the batch size and the width, for
-the log-log plots.
+the log-log plots. `--devices` runs the scaling-out benchmark instead
+(`experiments.bench_devices`: data-parallel examples/s on 1, 2, 4 devices).
 
 Timing: after warm-up (compile and one call), every repeat times each
 contender once, over `--number` calls, in an order rotated each repeat; each
@@ -529,6 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="which parts to run (default all)",
     )
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch (parts b, c)")
+    p.add_argument(
+        "--devices",
+        action="store_true",
+        help="instead: data-parallel examples/s on 1, 2 and 4 devices (experiments.bench_devices)",
+    )
     p.add_argument("--out", type=pathlib.Path, default=None, help="JSON file to write")
     p.add_argument("--plots", type=pathlib.Path, default=None, help="PNG directory")
     return p
@@ -537,6 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.devices:  # scaling out is its own benchmark, one process per device count
+        from experiments import bench_devices
+
+        forward = ["--quick"] if args.quick else []
+        forward += [] if args.repeats is None else ["--repeats", str(args.repeats)]
+        forward += [] if args.out is None else ["--out", str(args.out)]
+        return bench_devices.main(forward)
     quick = args.quick
     sizes = args.sizes or (["small", "medium"] if quick else list(SIZES))
     repeats = (5 if quick else 15) if args.repeats is None else args.repeats

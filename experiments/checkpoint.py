@@ -167,6 +167,8 @@ def _decode(array: np.ndarray, entry: dict, template_leaf: Any) -> Any:
     if isinstance(template_leaf, (np.ndarray, np.generic)):
         return np.array(value)  # numpy stays numpy (and may be float64 without x64)
     if isinstance(template_leaf, jax.Array):
+        if not template_leaf.committed:  # as placed as the template: no recompile on resume
+            return jax.device_put(value)
         return jax.device_put(value, template_leaf.sharding)
     return jnp.asarray(value)
 
@@ -356,6 +358,11 @@ def latest_checkpoint(run_dir: PathLike) -> pathlib.Path | None:
     """
     found = _complete_checkpoints(_checkpoints_root(run_dir))
     return found[-1][1] if found else None
+
+
+def list_checkpoints(run_dir: PathLike) -> list[tuple[int, pathlib.Path]]:
+    """(epoch, path) of every complete checkpoint of `run_dir`, oldest first."""
+    return _complete_checkpoints(_checkpoints_root(run_dir))
 
 
 def _one_line(error: BaseException) -> str:

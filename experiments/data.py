@@ -421,20 +421,48 @@ _ARRAYS = ("x_left", "x_right", "t")
 _TEST_ARRAYS = tuple(f"{a}_test" for a in _ARRAYS)
 
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first entry, or an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _read_npz(path: str) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file; the format is checked before numpy reads it.
+
+    np.load would otherwise take a text file for pickled data and suggest
+    allow_pickle; nothing here is ever unpickled.
+    """
     if not os.path.isfile(path):
         raise ValueError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(_NPY_MAGIC):
+        raise ValueError(f"{path}: not an .npz archive (it holds a single .npy array)")
+    if not head.startswith(_ZIP_MAGIC):
+        raise ValueError(
+            f"{path}: not a readable .npz archive (np.savez writes a zip file; this one "
+            f"starts with {head!r})"
+        )
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a readable .npz archive ({exc})") from exc
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: not an .npz archive (it holds a single .npy array)")
+    arrays = {}
     with loaded as archive:
-        try:
-            return {key: archive[key] for key in archive.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"{path}: an array could not be read ({exc})") from exc
+        for key in archive.files:
+            try:
+                arrays[key] = archive[key]
+            except ValueError as exc:
+                if "allow_pickle" in str(exc):
+                    raise ValueError(
+                        f"{path}: array {key!r} holds Python objects (dtype object), which "
+                        "are never unpickled; save numeric arrays"
+                    ) from None
+                raise ValueError(f"{path}: array {key!r} could not be read ({exc})") from exc
+            except (OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise ValueError(f"{path}: array {key!r} could not be read ({exc})") from exc
+    return arrays
 
 
 def _check_present(path: str, arrays: dict[str, np.ndarray]) -> bool:
@@ -484,10 +512,13 @@ def _convert_labels(path: str, key: str, t: np.ndarray, labels: str) -> np.ndarr
     bad = ~np.isin(t, allowed[labels])
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
+        hint = ""
+        if labels == "pm1" and np.isin(t, (0.0, 1.0)).all():
+            hint = "; they are 0/1: pass labels='01' (--labels 01) to read 0 as -1"
         raise ValueError(
             f"{path}: {key!r} has {int(bad.sum())} labels outside "
             f"{{{', '.join(f'{v:g}' for v in allowed[labels])}}} (labels={labels!r}); "
-            f"first at index {first}: {t[first]!r}"
+            f"first at index {first}: {t[first].item()!r}{hint}"
         )
     return np.where(t == 1.0, 1.0, -1.0).astype(np.float32)  # 0 -> -1 explicitly for "01"
 

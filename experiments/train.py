@@ -30,6 +30,11 @@ config.json, metrics.jsonl (one line per completed epoch), checkpoints/,
 plots/ and summary.json. `--resume DIR` continues a run from its latest
 checkpoint with its saved settings and ends bitwise identical to an
 uninterrupted run.
+
+Faults (experiments/faults.py): bad input exits 2 with one line; a NaN/inf
+loss or gradient stops with exit 3 (or, `--on-nonfinite skip`, the step is
+skipped inside the compiled epoch and counted); SIGINT/SIGTERM checkpoint at
+the next epoch boundary and exit 130/143.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import json
 import math
 import os
 import pathlib
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -57,6 +63,8 @@ import optax
 import gated_jax as gj
 from experiments import checkpoint
 from experiments import data as data_lib
+from experiments import distributed
+from experiments import faults
 from experiments import models
 
 PRNGKey = jax.Array
@@ -105,6 +113,7 @@ class TrainConfig(NamedTuple):
     epochs: int = 50  # total epochs of the run, counted from its start
     seed: int = 0
     ckpt_every: int = 1  # checkpoint every this many epochs (and at the end)
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" (exit 3) or "skip" the step
 
 
 class TrainState(NamedTuple):
@@ -218,12 +227,14 @@ def mirror_branches(params: gj.Params) -> gj.Params:
 def make_train_step(
     model: models.Model, optimizer: optax.GradientTransformation, *, symmetric: bool = False
 ) -> Callable[[TrainState, data_lib.Dataset], tuple[TrainState, Metrics]]:
-    """train_step(state, batch) -> (state, {"loss", "accuracy"}) of one minibatch.
+    """train_step(state, batch) -> (state, {"loss", "accuracy", "finite"}) of one minibatch.
 
     The gradient is jax.grad(model.loss): for the gated model with grad="custom"
     that is gj.loss's custom_vjp, the hand-derived backward. With `symmetric`
     the step trains on `both_orders(batch)`. The metrics are of the params
-    before the update, on the examples the step trained on.
+    before the update, on the examples the step trained on. A step whose
+    loss, gradient or new state holds a NaN or inf leaves the state as it was
+    and reports finite=False (faults.py: the run stops or counts it).
     """
 
     def train_step(state: TrainState, batch: data_lib.Dataset) -> tuple[TrainState, Metrics]:
@@ -235,7 +246,10 @@ def make_train_step(
         logits = model.logits(state.params, batch.x_left, batch.x_right)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state), {"loss": loss, "accuracy": _accuracy(logits, batch.t)}
+        new_state = TrainState(params, opt_state)
+        finite = faults.all_finite((loss, grads, new_state))
+        metrics = {"loss": loss, "accuracy": _accuracy(logits, batch.t), "finite": finite}
+        return faults.keep_if(finite, new_state, state), metrics
 
     return train_step
 
@@ -246,6 +260,8 @@ def make_train_epoch(
     batch_size: int,
     *,
     symmetric: bool = False,
+    n_examples: int | None = None,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> Callable[..., tuple[PyTree, optax.OptState, Metrics]]:
     """epoch(params, opt_state, key, data) -> (params, opt_state, metrics).
 
@@ -256,6 +272,11 @@ def make_train_epoch(
     (in_axes=(0, 0, 0, None)), e.g. several seeds at once. With `symmetric`
     each step trains on both orders of its pairs (`both_orders`).
 
+    Data parallel (experiments/distributed.py): `n_examples` says that only
+    the first n_examples rows of `data` are examples (the rest pad it to a
+    multiple of the device count) and `batch_sharding` shards every
+    minibatch across devices; the compiler then reduces the gradients.
+
     Args of `epoch`:
       params: the model's params.
       opt_state: `optimizer.init(params)` or a later state.
@@ -263,7 +284,8 @@ def make_train_epoch(
       data: a Dataset of arrays x_left (N, D_L), x_right (N, D_R), t (N,).
 
     Returns of `epoch`: the updated params and opt_state, and the mean over
-    the epoch's minibatches of "loss" and "accuracy" (both scalars).
+    the epoch's finite minibatches of "loss" and "accuracy" (both scalars),
+    with "skipped_steps" and "first_nonfinite_step" (`faults.epoch_metrics`).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -272,7 +294,9 @@ def make_train_epoch(
     def epoch(
         params: PyTree, opt_state: optax.OptState, key: PRNGKey, data: data_lib.Dataset
     ) -> tuple[PyTree, optax.OptState, Metrics]:
-        n = data.t.shape[0]
+        n = data.t.shape[0] if n_examples is None else n_examples
+        if n > data.t.shape[0]:
+            raise ValueError(f"n_examples {n} is more than the {data.t.shape[0]} rows of data")
         n_steps = steps_per_epoch(n, batch_size)
         if n_steps < 1:
             raise ValueError(f"batch_size {batch_size} is larger than the {n} training examples")
@@ -280,12 +304,14 @@ def make_train_epoch(
 
         def step(state: TrainState, rows: jax.Array) -> tuple[TrainState, Metrics]:
             batch = jax.tree_util.tree_map(lambda a: a[rows], data)
+            if batch_sharding is not None:
+                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
             return train_step(state, batch)
 
         state, metrics = jax.lax.scan(
             step, TrainState(params, opt_state), order.reshape(n_steps, batch_size)
         )
-        return state.params, state.opt_state, jax.tree_util.tree_map(jnp.mean, metrics)
+        return state.params, state.opt_state, faults.epoch_metrics(metrics)
 
     return epoch
 
@@ -295,7 +321,8 @@ def make_evaluate(model: models.Model) -> Callable[[PyTree, data_lib.Dataset], M
 
     `model.logits` is vmapped over the rows of `data` (one example at a time
     in the function's eyes); the result can itself be vmapped over stacked
-    params (in_axes=(0, None)) to score an ensemble.
+    params (in_axes=(0, None)) to score an ensemble. Rows with t = 0 are
+    padding (`distributed.pad_rows`) and do not count.
     """
     per_example = jax.vmap(model.logits, in_axes=(None, 0, 0))
 
@@ -303,8 +330,11 @@ def make_evaluate(model: models.Model) -> Callable[[PyTree, data_lib.Dataset], M
     def evaluate(params: PyTree, data: data_lib.Dataset) -> Metrics:
         logits = per_example(params, data.x_left, data.x_right)
         t = jnp.asarray(data.t).astype(logits.dtype)
-        loss = jnp.mean(jax.nn.softplus(-t * logits))
-        return {"loss": loss, "accuracy": _accuracy(logits, t)}
+        real = t != 0
+        count = jnp.sum(real, dtype=logits.dtype)
+        loss = jnp.sum(jnp.where(real, jax.nn.softplus(-t * logits), 0.0)) / count
+        correct = jnp.where(logits > 0, 1.0, -1.0) == t  # never at t = 0
+        return {"loss": loss, "accuracy": jnp.sum(correct, dtype=logits.dtype) / count}
 
     return evaluate
 
@@ -491,6 +521,11 @@ def check_config(config: TrainConfig) -> None:
         positive_int(name)
     if config.schedule_epochs is not None:
         positive_int("schedule_epochs")
+    if config.on_nonfinite not in faults.NONFINITE_POLICIES:
+        raise ValueError(
+            f"--on-nonfinite must be one of {', '.join(faults.NONFINITE_POLICIES)}, "
+            f"got {config.on_nonfinite!r}"
+        )
     if config.data is None and config.task not in data_lib.TASKS:
         raise ValueError(f"unknown task {config.task!r}; choose one of {', '.join(data_lib.TASKS)}")
     if config.data is not None and not os.path.isfile(config.data):
@@ -584,7 +619,7 @@ def read_metrics(workdir: os.PathLike | str) -> list[dict[str, Any]]:
     path = pathlib.Path(workdir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return faults.read_metrics_lines(path)  # a row torn by a kill is dropped
 
 
 def _write_metrics(workdir: pathlib.Path, rows: list[dict[str, Any]]) -> None:
@@ -678,12 +713,15 @@ def _computation(config: TrainConfig, n_train: int) -> tuple[TrainConfig, int]:
         epochs=horizon,
         schedule_epochs=horizon,
         ckpt_every=1,
+        on_nonfinite="stop",  # the policy acts on the host: one program for both
     )
     return computation, n_train
 
 
 @functools.lru_cache(maxsize=8)
-def epoch_runner(config: TrainConfig, n_train: int) -> Callable[..., Any]:
+def epoch_runner(
+    config: TrainConfig, n_train: int, mesh: jax.sharding.Mesh | None = None
+) -> Callable[..., Any]:
     """jit(run_epoch): one epoch's data, `make_train_epoch` and the test evaluation.
 
     run_epoch(params, opt_state, key, train, test, pool) ->
@@ -693,10 +731,19 @@ def epoch_runner(config: TrainConfig, n_train: int) -> Callable[..., Any]:
     (`epoch_data`: fresh pairs from `pool` if not None, input noise) and the
     shuffle key. Cached, so runs with the same computation in one process
     (tests, seeds) compile once; build the key with `_computation`.
+
+    With a `mesh` (experiments/distributed.py) every minibatch is sharded
+    along its `data` axis, the outputs are replicated, and `train` and `test`
+    may hold padding rows (t = 0) after their examples.
     """
     model = models.build(config.model, hidden=config.hidden, gates=config.gates, grad=config.grad)
+    parallel = {} if mesh is None else distributed.epoch_options(mesh, n_train)
     train_epoch = make_train_epoch(
-        model, make_optimizer(config, n_train), config.batch_size, symmetric=config.symmetric
+        model,
+        make_optimizer(config, n_train),
+        config.batch_size,
+        symmetric=config.symmetric,
+        **parallel,
     )
     evaluate = make_evaluate(model)
 
@@ -708,7 +755,9 @@ def epoch_runner(config: TrainConfig, n_train: int) -> Callable[..., Any]:
         params, opt_state, metrics = train_epoch(params, opt_state, shuffle_key, data)
         return params, opt_state, metrics, evaluate(params, test)
 
-    return jax.jit(run_epoch)
+    if mesh is None:
+        return jax.jit(run_epoch)
+    return jax.jit(run_epoch, out_shardings=distributed.replicated(mesh))
 
 
 def _new_run(
@@ -748,9 +797,13 @@ def _resume_run(
     Returns:
       (params, opt_state, completed epochs, metrics rows up to them).
     """
-    restored = checkpoint.restore_checkpoint(
-        workdir, params_template=params, opt_state_template=opt_state, key_template=train_key
-    )
+    try:
+        restored = checkpoint.restore_checkpoint(
+            workdir, params_template=params, opt_state_template=opt_state, key_template=train_key
+        )
+    except checkpoint.CheckpointError as e:
+        older = [path for _, path in checkpoint.list_checkpoints(workdir)[-2:-1]]
+        raise checkpoint.CheckpointError(faults.damaged_checkpoint(e, *older or [None])) from None
     if restored.epoch > config.epochs:
         raise ValueError(
             f"{workdir} has {restored.epoch} epochs already; --epochs {config.epochs} would go back"
@@ -761,6 +814,8 @@ def _resume_run(
         )
     # Epochs logged after the checkpoint (a crash between the two) are redone.
     rows = [row for row in read_metrics(workdir) if row["epoch"] <= restored.epoch]
+    if not distributed.is_writer():
+        return restored.params, restored.opt_state, restored.epoch, rows
     _write_metrics(workdir, rows)
     saved = json.loads((workdir / CONFIG_FILE).read_text())
     saved["settings"] = config._asdict()
@@ -788,6 +843,7 @@ def train_and_evaluate(
     resume: bool = False,
     quiet: bool = False,
     write_plots: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, Any]:
     """Trains `config` in `workdir` (or continues it) and returns the summary.
 
@@ -799,6 +855,8 @@ def train_and_evaluate(
         is cut back to the checkpoint's epoch first.
       quiet: no progress bar and no per-epoch lines.
       write_plots: write plots/ at the end (experiments.plots).
+      mesh: data-parallel training over this 1-D mesh (`distributed.make_mesh`);
+        None: one device. With several processes only process 0 writes files.
 
     Returns:
       The summary dict (also written to summary.json): final and best
@@ -812,6 +870,10 @@ def train_and_evaluate(
     workdir = pathlib.Path(workdir)
     config = resolve_config(config)
     check_config(config)
+    if mesh is not None:
+        distributed.check_batch_size(mesh, config.batch_size)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"--out {workdir}: exists and is not a directory")
     if not resume and (workdir / CONFIG_FILE).exists():
         raise ValueError(
             f"{workdir} already holds a run ({CONFIG_FILE}); continue it with "
@@ -819,9 +881,12 @@ def train_and_evaluate(
         )
     if resume and checkpoint.latest_checkpoint(workdir) is None:
         raise checkpoint.CheckpointError(f"{workdir}: no checkpoint to resume from")
+    distributed.sync("run directory checked")  # every process, before process 0 writes
 
     split = load_split(config)
     check_against_data(config, split)
+    if resume:
+        faults.check_resume_data(workdir / CONFIG_FILE, split.info)
     train, test = (data_lib.Dataset(*map(jnp.asarray, part)) for part in (split.train, split.test))
     n_train = int(train.t.shape[0])
     model = models.build(config.model, hidden=config.hidden, gates=config.gates, grad=config.grad)
@@ -831,11 +896,17 @@ def train_and_evaluate(
     if resume:
         params, opt_state, start, rows = _resume_run(config, workdir, params, opt_state, train_key)
     else:
-        _new_run(config, workdir, split, model, params)
+        if distributed.is_writer():
+            # The starting state first: once config.json marks the run, it can be resumed.
+            _save_checkpoint(workdir, config, train_key, 0, params, opt_state, [])
+            _new_run(config, workdir, split, model, params)
         start, rows = 0, []
 
     pool = pair_pool(split) if uses_pair_pool(config) else None
-    run_epoch = epoch_runner(*_computation(config, n_train))
+    if mesh is not None:  # data sets sharded by rows, the rest replicated (distributed.py)
+        train, test = (distributed.shard_rows(mesh, part) for part in (split.train, split.test))
+        params, opt_state, pool = distributed.replicate(mesh, (params, opt_state, pool))
+    run_epoch = epoch_runner(*_computation(config, n_train), mesh)
     compile_seconds = 0.0
     if start < config.epochs:
         tick = time.perf_counter()
@@ -851,23 +922,30 @@ def train_and_evaluate(
         )
     bar = _progress(range(start, config.epochs), quiet)
     for index in bar:
+        if faults.stop_requested():  # SIGINT/SIGTERM: stop at this boundary, resumable
+            _stop_at_boundary(workdir, config, train_key, index, params, opt_state, rows)
         tick = time.perf_counter()
+        before = params, opt_state
         params, opt_state, train_m, test_m = run_epoch(
             params, opt_state, epoch_key(train_key, index), train, test, pool
         )
         train_m, test_m = jax.device_get((train_m, test_m))
+        _check_finite(workdir, config, train_key, index, train_m, n_train, before, rows)
         row = {
             "epoch": index + 1,
             "train_loss": float(train_m["loss"]),
             "train_accuracy": float(train_m["accuracy"]),
             "test_loss": float(test_m["loss"]),
             "test_accuracy": float(test_m["accuracy"]),
+            "skipped_steps": int(train_m["skipped_steps"]),
             "seconds": time.perf_counter() - tick,
         }
         rows.append(row)
-        with open(workdir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if (index + 1) % config.ckpt_every == 0 or index + 1 == config.epochs:
+        writer = distributed.is_writer()
+        if writer:
+            with open(workdir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if writer and ((index + 1) % config.ckpt_every == 0 or index + 1 == config.epochs):
             checkpoint.save_checkpoint(
                 workdir,
                 params=params,
@@ -884,11 +962,84 @@ def train_and_evaluate(
         _log(bar, _format_row(row, config.epochs), quiet)
     bar.close()
 
-    if write_plots:
+    if write_plots and distributed.is_writer():
         _write_plots(workdir, config, params, split, rows)
     summary = _summarize(config, workdir, rows, n_train, compile_seconds, wall_start)
-    _write_json(workdir / SUMMARY_FILE, summary)
+    summary["data_parallel"] = distributed.describe(mesh)
+    if distributed.is_writer():
+        _write_json(workdir / SUMMARY_FILE, summary)
     return {**summary, "params": params}
+
+
+def _save_checkpoint(
+    workdir: pathlib.Path,
+    config: TrainConfig,
+    train_key: PRNGKey,
+    epoch: int,
+    params: PyTree,
+    opt_state: optax.OptState,
+    rows: list[dict[str, Any]],
+) -> pathlib.Path | None:
+    """Checkpoints the state after `epoch` epochs (process 0 only); returns its path."""
+    if not distributed.is_writer():
+        return None
+    return checkpoint.save_checkpoint(
+        workdir,
+        params=params,
+        opt_state=opt_state,
+        epoch=epoch,
+        key=train_key,
+        extra={"test_accuracy": rows[-1]["test_accuracy"] if rows else None, "seed": config.seed},
+    )
+
+
+def _checkpoint_of(workdir: pathlib.Path, epoch: int, save: Callable[[], Any]) -> pathlib.Path:
+    """The checkpoint of `epoch`: the latest one if it is that epoch, else `save()`'s."""
+    saved = checkpoint.list_checkpoints(workdir)
+    if saved and saved[-1][0] == epoch:
+        return saved[-1][1]
+    return save()
+
+
+def _stop_at_boundary(workdir, config, train_key, done, params, opt_state, rows) -> None:
+    """Raises faults.Interrupted after making sure epoch `done` is checkpointed."""
+    kept = _checkpoint_of(
+        workdir,
+        done,
+        lambda: _save_checkpoint(workdir, config, train_key, done, params, opt_state, rows),
+    )
+    signum = faults.stop_requested()
+    raise faults.Interrupted(
+        f"stopped by {signal.Signals(signum).name} after epoch {done} of {config.epochs}; "
+        f"checkpoint {kept}; continue with --resume {workdir}",
+        epoch=done,
+        signum=signum,
+    )
+
+
+def _check_finite(workdir, config, train_key, index, train_m, n_train, before, rows) -> None:
+    """Raises faults.NonFiniteError when epoch `index` + 1 must stop (faults.nonfinite_problem).
+
+    The state before the epoch (`before`: params, opt_state) is checkpointed
+    as epoch `index` first if no checkpoint holds it yet.
+    """
+    n_steps = steps_per_epoch(n_train, config.batch_size)
+    problem = faults.nonfinite_problem(
+        config.on_nonfinite, train_m, epoch=index + 1, n_steps=n_steps
+    )
+    if not problem:
+        return
+    params, opt_state = before
+    kept = _checkpoint_of(
+        workdir,
+        index,
+        lambda: _save_checkpoint(workdir, config, train_key, index, params, opt_state, rows),
+    )
+    raise faults.NonFiniteError(
+        faults.nonfinite_message(problem, workdir, kept),
+        epoch=index + 1,
+        step=int(train_m["first_nonfinite_step"]),
+    )
 
 
 def _now() -> str:
@@ -1002,6 +1153,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", help="run directory (runs/<task>-<time>)")
     run.add_argument("--ckpt-every", type=int, help=f"epochs between checkpoints ({d.ckpt_every})")
     run.add_argument(
+        "--on-nonfinite",
+        choices=faults.NONFINITE_POLICIES,
+        help="a NaN/inf loss or gradient: stop (exit 3, last good checkpoint kept) or skip the "
+        "step and count it in metrics.jsonl (stop)",
+    )
+    run.add_argument(
         "--resume",
         metavar="DIR",
         help="continue DIR from its latest checkpoint with its saved settings; --epochs sets "
@@ -1009,19 +1166,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
     run.add_argument("--no-plots", action="store_true", help="do not write plots/")
+    distributed.add_arguments(p)
     return p
 
 
-_RESUME_ALLOWED = {"resume", "epochs"}
+_RESUME_ALLOWED = {"resume", "epochs", "on_nonfinite"}
 
 
+@faults.stop_on_signals()  # SIGINT/SIGTERM: a checkpoint at the next epoch, exit 130/143
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parses `argv`, trains, prints the summary table; errors exit with code 2."""
+    """Parses `argv`, trains, prints the summary table.
+
+    Exit codes (faults.py): 2 bad input, 3 non-finite training, 130/143 stopped
+    by SIGINT/SIGTERM; each with one line on stderr.
+    """
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     quiet = args.pop("quiet", False)
     plots = not args.pop("no_plots", False)
+    cluster = distributed.pop_cli_args(args)  # devices and hosts: not settings of the run
     try:
+        mesh = distributed.setup(**cluster)  # first: jax.distributed starts before any device
+        quiet = quiet or not distributed.is_writer()
         if "resume" in args:
             extra = sorted(set(args) - _RESUME_ALLOWED)
             if extra:
@@ -1031,16 +1197,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             config = read_config(workdir)
             if "epochs" in args:
                 config = config._replace(epochs=args["epochs"])
+            if "on_nonfinite" in args:
+                config = config._replace(on_nonfinite=args["on_nonfinite"])
             resume = True
         else:
             out = args.pop("out", None)
             config = TrainConfig(**args)
             workdir = pathlib.Path(out) if out is not None else default_workdir(config)
             resume = False
-        summary = train_and_evaluate(config, workdir, resume=resume, quiet=quiet, write_plots=plots)
+        summary = train_and_evaluate(
+            config, workdir, resume=resume, quiet=quiet, write_plots=plots, mesh=mesh
+        )
     except ValueError as e:  # includes checkpoint.CheckpointError
         parser.error(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    except OSError as e:  # e.g. --out names a file, or a directory without write access
+        parser.error(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+    except faults.NonFiniteError as e:
+        faults.exit_with(parser.prog, str(e), faults.EXIT_NONFINITE)
+    except faults.Interrupted as e:
+        faults.exit_with(parser.prog, str(e), e.exit_code, label="interrupted")
+    except KeyboardInterrupt:
+        faults.exit_with(
+            parser.prog,
+            "stopped at once; the last complete checkpoint is kept (continue with --resume)",
+            faults.EXIT_INTERRUPTED,
+            label="interrupted",
+        )
     print(summary_table(summary))
+    if jax.process_count() > 1:
+        print(distributed.process_line(summary["params"]))
     return summary
 
 

@@ -7,7 +7,6 @@ from gated_jax import errata
 from gated_jax.backprop import RVectors
 from gated_jax.backprop import cotangents
 from gated_jax.backprop import propagate
-from gated_jax.backprop import r_vectors
 from gated_jax.model import Activations
 from gated_jax.model import Params
 from gated_jax.model import autodiff_loss
@@ -25,6 +24,7 @@ from gated_jax.vjp import loss
 from gated_jax.vjp import make_logits
 from gated_jax.vjp import make_loss
 from gated_jax.vjp import predict_proba
+from gated_jax.vjp import r_vectors
 
 __version__ = "0.1.0"
 

@@ -12,6 +12,7 @@ of leading batch axes (none is one example); a layer on a batch is `z @ W.T`.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -19,7 +20,10 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
+from gated_jax.validate import as_array
 from gated_jax.validate import check_shapes
+from gated_jax.validate import param_sizes
+from gated_jax.validate import positive_int
 
 PRNGKey = jax.Array
 
@@ -82,18 +86,31 @@ def init_params(
     Returns:
       Params with the shapes of SPEC.md.
     """
-    for name, value in (
-        ("d_left", d_left),
-        ("d_right", d_right),
-        ("hidden", hidden),
-        ("gates", gates),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"init_params: {name} must be a positive int, got {value!r}")
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"init_params: dtype must be floating, got {jnp.dtype(dtype)}")
+    d_left, d_right, hidden, gates = (
+        positive_int(f"init_params: {name}", value)
+        for name, value in (
+            ("d_left", d_left),
+            ("d_right", d_right),
+            ("hidden", hidden),
+            ("gates", gates),
+        )
+    )
+    try:
+        floating = jnp.issubdtype(dtype, jnp.floating)
+    except TypeError:  # not a dtype at all, e.g. a misspelt name
+        floating = False
+    if not floating:
+        raise ValueError(f"init_params: dtype must be floating, got {dtype!r}")
+    dtype = jnp.dtype(dtype)
     H, Q = hidden, gates
-    k1l, k1r, k2l, k2r, k2lr, k3 = jax.random.split(key, 6)
+    try:
+        k1l, k1r, k2l, k2r, k2lr, k3 = jax.random.split(key, 6)
+    except (TypeError, ValueError):
+        raise TypeError(
+            "init_params: key must be one PRNG key (jax.random.key(seed) or "
+            f"jax.random.PRNGKey(seed)), got {type(key).__name__} "
+            f"{getattr(key, 'shape', '')} {getattr(key, 'dtype', '')}".rstrip()
+        ) from None
     zeros = lambda n: jnp.zeros((n,), dtype)  # noqa: E731
     return Params(
         W1_L=_glorot_uniform(k1l, (H, d_left), d_left, H, dtype),
@@ -111,9 +128,13 @@ def init_params(
     )
 
 
-def as_float_input(params: Params, x: ArrayLike) -> jax.Array:
-    """Integer and boolean inputs become the params' dtype; floats are kept."""
-    x = jnp.asarray(x)
+def as_float_input(params: Params, x: ArrayLike, name: str = "x") -> jax.Array:
+    """Integer and boolean inputs become the params' dtype; floats are kept.
+
+    Raises:
+      TypeError: naming `name`, for what is not an array of numbers (None, strings).
+    """
+    x = as_array(name, x)
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         x = x.astype(params.W1_L.dtype)
     return x
@@ -161,7 +182,9 @@ def forward(params: Params, x_left: ArrayLike, x_right: ArrayLike) -> Activation
     Raises:
       ValueError: at trace time, when shapes disagree (see `validate.check_shapes`).
     """
-    x_left, x_right = as_float_input(params, x_left), as_float_input(params, x_right)
+    param_sizes(params)  # a wrong params type is named before the inputs are read
+    x_left = as_float_input(params, x_left, "x_left")
+    x_right = as_float_input(params, x_right, "x_right")
     check_shapes(params, x_left, x_right)
     a1_L, a1_R = layer1(params, x_left, x_right)
     a2_L, a2_R, a2_LR = layer2(params, a1_L, a1_R)
@@ -177,6 +200,10 @@ def error(a3: jax.Array, t: jax.Array) -> jax.Array:
 def autodiff_loss(params: Params, x_left: ArrayLike, x_right: ArrayLike, t: ArrayLike) -> jax.Array:
     """Mean E by plain JAX, with no custom rule: the reference that autodiff differentiates."""
     a3 = forward(params, x_left, x_right).a3
-    t = jnp.asarray(t)
-    check_shapes(params, jnp.asarray(x_left), jnp.asarray(x_right), t)
+    t = as_array("t", t)
+    batch = check_shapes(params, as_array("x_left", x_left), as_array("x_right", x_right), t)
+    if math.prod(batch) == 0:
+        raise ValueError(
+            f"empty batch: x_left has batch shape {batch}; the loss is a mean over its examples"
+        )
     return jnp.mean(error(a3, t.astype(a3.dtype)))

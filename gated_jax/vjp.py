@@ -23,7 +23,10 @@ from gated_jax.model import Params
 from gated_jax.model import as_float_input
 from gated_jax.model import error
 from gated_jax.model import forward
+from gated_jax.validate import as_array
+from gated_jax.validate import check_activations
 from gated_jax.validate import check_shapes
+from gated_jax.validate import param_sizes
 
 Propagate = Callable[[Params, Activations, jax.Array], backprop.RVectors]
 
@@ -45,6 +48,16 @@ def _input_cotangents(
     return d_params, _cotangent_like(x_left, d_x_left), _cotangent_like(x_right, d_x_right)
 
 
+def _named_arrays(params: Any, **inputs: Any) -> list[jax.Array]:
+    """Checks params, then converts each input to an array, naming the one that is not.
+
+    A custom_vjp converts its arguments itself, with an error that names none
+    of them; the public functions call this first.
+    """
+    param_sizes(params)
+    return [as_array(name, value) for name, value in inputs.items()]
+
+
 def make_logits(propagate: Propagate = backprop.propagate):
     """a3 as a custom_vjp whose backward is `propagate` with r3 := the cotangent."""
 
@@ -64,7 +77,12 @@ def make_logits(propagate: Propagate = backprop.propagate):
         return _input_cotangents(params, x_left, x_right, acts, rv)
 
     logits.defvjp(logits_fwd, logits_bwd)
-    return logits
+
+    def checked_logits(params: Params, x_left: ArrayLike, x_right: ArrayLike) -> jax.Array:
+        """a3, shape (...), through the custom_vjp; arguments checked by name first."""
+        return logits(params, *_named_arrays(params, x_left=x_left, x_right=x_right))
+
+    return checked_logits
 
 
 def _labels(t: ArrayLike, a3: jax.Array) -> jax.Array:
@@ -72,10 +90,14 @@ def _labels(t: ArrayLike, a3: jax.Array) -> jax.Array:
 
 
 def _batch_size(params: Params, x_left, x_right, t) -> int:
-    batch = check_shapes(params, jnp.asarray(x_left), jnp.asarray(x_right), jnp.asarray(t))
+    batch = check_shapes(
+        params, as_array("x_left", x_left), as_array("x_right", x_right), as_array("t", t)
+    )
     n = int(np.prod(batch))
     if n == 0:
-        raise ValueError(f"empty batch: the loss is a mean over batch shape {batch}")
+        raise ValueError(
+            f"empty batch: x_left has batch shape {batch}; the loss is a mean over its examples"
+        )
     return n
 
 
@@ -109,7 +131,12 @@ def make_loss(propagate: Propagate = backprop.propagate):
         return d_params, d_x_left, d_x_right, d_t
 
     loss.defvjp(loss_fwd, loss_bwd)
-    return loss
+
+    def checked_loss(params: Params, x_left: ArrayLike, x_right: ArrayLike, t: ArrayLike):
+        """Mean E through the custom_vjp; arguments checked by name first."""
+        return loss(params, *_named_arrays(params, x_left=x_left, x_right=x_right, t=t))
+
+    return checked_loss
 
 
 logits = make_logits()
@@ -133,6 +160,19 @@ def grads(params: Params, x_left: ArrayLike, x_right: ArrayLike, t: ArrayLike) -
     rv = backprop.propagate(params, acts, backprop.r3_logistic(acts.a3, _labels(t, acts.a3)) / n)
     d_params, _, _ = _input_cotangents(params, x_left, x_right, acts, rv)
     return d_params
+
+
+def r_vectors(params: Params, acts: Activations, t: ArrayLike) -> backprop.RVectors:
+    """`backprop.r_vectors` (the seed's r-vectors) after checking acts and t against params.
+
+    The public `gj.r_vectors`: every field of `acts` must have the batch shape
+    of acts.a3 and the width H or Q of params, so nothing is broadcast.
+
+    Raises:
+      TypeError, ValueError: from `validate.check_activations`, naming the field.
+    """
+    t = check_activations(params, acts, t)
+    return backprop.r_vectors(params, acts, t)
 
 
 def predict_proba(params: Params, x_left: ArrayLike, x_right: ArrayLike) -> jax.Array:

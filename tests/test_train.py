@@ -26,7 +26,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # compiled epoch (train.epoch_runner is cached per computation).
 TINY = {"hidden": 8, "gates": 4, "batch_size": 32, "lr": 1e-2, "epochs": 1, "schedule_epochs": 4}
 TINY_DIGITS = {"n_train_pairs": 256, "n_test_pairs": 100}
-METRIC_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
+METRIC_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
+               "skipped_steps"}  # fmt: skip
 
 
 def tiny_config(**overrides):
@@ -84,7 +85,8 @@ def check_run_dir(workdir, epochs):
     for row in rows:
         assert set(row) == METRIC_KEYS
         assert isinstance(row["epoch"], int)
-        for key in METRIC_KEYS - {"epoch"}:
+        assert row["skipped_steps"] == 0  # an int: steps with a NaN/inf loss or gradient
+        for key in METRIC_KEYS - {"epoch", "skipped_steps"}:
             assert isinstance(row[key], float) and np.isfinite(row[key])
         assert 0.0 <= row["train_accuracy"] <= 1.0 and 0.0 <= row["test_accuracy"] <= 1.0
     assert checkpoint.latest_checkpoint(workdir).name == f"ckpt_{epochs:06d}"
