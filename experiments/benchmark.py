@@ -161,7 +161,19 @@ def _bind(fns: dict[str, tuple[Callable, tuple]]) -> dict[str, Callable[[], Any]
 
 
 def summarize(samples: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
+    """Median, min and max; and the quartiles q1, q3 (the spread without outliers)."""
+    q1, _, q3 = (
+        statistics.quantiles(samples, n=4, method="inclusive")
+        if len(samples) > 1
+        else [samples[0]] * 3
+    )
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "q1": q1,
+        "q3": q3,
+    }
 
 
 def paired_ratio(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
@@ -330,7 +342,9 @@ def _ms(s: dict[str, float]) -> str:
 
 
 def _ratio(r: dict[str, float]) -> str:
-    return f"{r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}]"
+    """median [min-max], and the interquartile range where `r` has it."""
+    text = f"{r['median']:.3f} [{r['min']:.2f}-{r['max']:.2f}]"
+    return text + (f" IQR {r['q1']:.2f}-{r['q3']:.2f}" if "q1" in r else "")
 
 
 def _markdown(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -519,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="about a minute: fewer sizes, repeats")
     p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=None, help="for (a)-(e)")
-    p.add_argument("--repeats", type=int, default=None, help="default 5 (quick) or 15")
+    p.add_argument("--repeats", type=int, default=None, help="default 5 (quick) or 31")
     p.add_argument("--number", type=int, default=None, help="calls per timing (default 5)")
     p.add_argument("--steps", type=int, default=None, help="minibatches per epoch, (c) and (f)")
     p.add_argument(
@@ -552,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return bench_devices.main(forward)
     quick = args.quick
     sizes = args.sizes or (["small", "medium"] if quick else list(SIZES))
-    repeats = (5 if quick else 15) if args.repeats is None else args.repeats
+    repeats = (5 if quick else 31) if args.repeats is None else args.repeats
     number = 5 if args.number is None else args.number
     steps = (10 if quick else 50) if args.steps is None else args.steps
     parts = set(args.parts or ("step", "torch", "train", "ensembles", "sweep"))
