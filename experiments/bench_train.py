@@ -90,22 +90,32 @@ def epoch_functions(shape: Sequence[int], steps: int) -> dict[str, Callable[[], 
 
 
 def ensemble_functions(
-    shape: Sequence[int], steps: int, ks: Sequence[int]
+    shape: Sequence[int], steps: int, ks: Sequence[int], *, shared_order: bool = False
 ) -> dict[str, Callable[[], object]]:
     """One zero-argument callable per K: an epoch of K models trained at once.
 
     `make_train_epoch` vmapped over (params, opt_state, key) with the data
-    shared (in_axes=(0, 0, 0, None)), as `experiments.compare` trains seeds.
+    shared (in_axes=(0, 0, 0, None)), as `experiments.compare` trains seeds:
+    each model draws its own shuffle. With `shared_order` the K models take
+    the same minibatches in the same order (the first model's key,
+    in_axes=(0, 0, None, None)) and differ only in their initial params; the
+    minibatch is then one array for all K, so the layer-1 products of every
+    model, x W1^T and r1^T x, become one matrix product K times as wide
+    instead of K small ones.
     """
     B, D_L, D_R = shape[:3]
     model, optimizer, data, _ = _setup(shape, steps)
-    epoch = jax.jit(jax.vmap(train_lib.make_train_epoch(model, optimizer, B), (0, 0, 0, None)))
+    key_axis = None if shared_order else 0
+    epoch = jax.jit(
+        jax.vmap(train_lib.make_train_epoch(model, optimizer, B), (0, 0, key_axis, None))
+    )
     fns = {}
     for k in ks:
         keys = jax.random.split(jax.random.key(3), k)
         params = jax.vmap(model.init, (0, None, None))(keys, D_L, D_R)
         opt_state = jax.vmap(optimizer.init)(params)
-        fns[f"K={k}"] = lambda params=params, opt_state=opt_state, keys=keys: epoch(
+        order_keys = keys[0] if shared_order else keys
+        fns[f"K={k}"] = lambda params=params, opt_state=opt_state, keys=order_keys: epoch(
             params, opt_state, keys, data
         )
     return fns

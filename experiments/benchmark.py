@@ -18,8 +18,10 @@ d. the floor: the step's 13 matrix products alone (5 forward, 8 backward;
    the same shapes, nothing else), the step as a multiple of it, and the
    step's achieved FLOP/s;
 e. memory: compiled temporary and argument bytes of each step
-   (`jit(...).lower(...).compile().memory_analysis()`);
-f. ensembles: K models trained at once with vmap, time per model;
+   (`jit(...).lower(...).compile().memory_analysis()`), and the residuals
+   each loss keeps between its forward and its backward (`jax.vjp`);
+f. ensembles: K models trained at once with vmap, time per model, each
+   with its own shuffle and with the minibatches shared;
 and a sweep of the step's time against the batch size and the width, for
 the log-log plots. `--devices` runs the scaling-out benchmark instead
 (`experiments.bench_devices`: data-parallel examples/s on 1, 2, 4 devices).
@@ -132,6 +134,25 @@ def memory(fn: Callable, args: tuple) -> dict[str, int | None]:
     return {f: getattr(analysis, f, None) if analysis is not None else None for f in fields}
 
 
+def residuals(loss: Callable, args: tuple) -> dict[str, int]:
+    """What `jax.vjp(loss, *args)` keeps for the backward, beyond the arguments.
+
+    The pullback is a pytree whose leaves are the residuals; a leaf that is
+    one of the arguments costs no memory of its own, every other leaf does.
+    This is what a backward run apart from its forward (`jax.vjp`, a scan
+    over steps, remat) must hold between the two.
+    """
+    arg_ids = {id(leaf) for leaf in jax.tree_util.tree_leaves(args)}
+    _, pullback = jax.vjp(loss, *args)
+    leaves = jax.tree_util.tree_leaves(pullback)
+    saved = [leaf for leaf in leaves if id(leaf) not in arg_ids]
+    return {
+        "saved_bytes": sum(leaf.nbytes for leaf in saved),
+        "saved_arrays": len(saved),
+        "argument_arrays": len(leaves) - len(saved),
+    }
+
+
 def interleaved(
     calls: dict[str, Callable[[], Any]], repeats: int, number: int
 ) -> dict[str, list[float]]:
@@ -206,6 +227,10 @@ def bench_step(name: str, shape: Sequence[int], repeats: int, number: int) -> di
         "step_flops": flops,
         "custom_gflops_per_s": flops / custom["median"] / 1e9,
         "memory": {k: memory(fn, args) for k, (fn, args) in fns.items() if k != "floor"},
+        "residuals": {
+            "custom": residuals(gj.loss, fns["custom"][1]),
+            "autodiff": residuals(gj.autodiff_loss, fns["autodiff"][1]),
+        },
         "repeats": repeats,
         "number": number,
     }
@@ -260,22 +285,36 @@ def bench_throughput(name: str, shape: Sequence[int], steps: int, repeats: int) 
 def bench_ensembles(
     name: str, shape: Sequence[int], steps: int, ks: Sequence[int], repeats: int
 ) -> dict:
-    """Seconds per epoch of K models trained at once, per model, and over K = 1."""
-    times = interleaved(bench_train.ensemble_functions(shape, steps, ks), repeats, 1)
-    one = times[f"K={ks[0]}"]
+    """Seconds per epoch of K models trained at once, per model, and over K = 1.
+
+    Two ways: "own_order" (each model its own shuffle, as experiments.compare
+    trains seeds) and "shared_order" (the same minibatches for all K), timed
+    interleaved in the same repeats.
+    """
+    calls = {}
+    for way in ("own_order", "shared_order"):
+        fns = bench_train.ensemble_functions(shape, steps, ks, shared_order=way == "shared_order")
+        calls.update({f"{way} {k}": fn for k, fn in fns.items()})
+    times = interleaved(calls, repeats, 1)
+
+    def rows(way: str) -> list[dict]:
+        one = times[f"{way} K={ks[0]}"]
+        return [
+            {
+                "K": k,
+                "seconds": summarize(times[f"{way} K={k}"]),
+                "seconds_per_model": summarize([s / k for s in times[f"{way} K={k}"]]),
+                "over_one_model": paired_ratio(times[f"{way} K={k}"], one),
+            }
+            for k in ks
+        ]
+
     return {
         "size": name,
         "shape": shape_dict(shape),
         "steps": steps,
-        "rows": [
-            {
-                "K": k,
-                "seconds": summarize(times[f"K={k}"]),
-                "seconds_per_model": summarize([s / k for s in times[f"K={k}"]]),
-                "over_one_model": paired_ratio(times[f"K={k}"], one),
-            }
-            for k in ks
-        ],
+        "rows": rows("own_order"),
+        "shared_order_rows": rows("shared_order"),
         "repeats": repeats,
     }
 
@@ -371,6 +410,10 @@ def tables(doc: dict) -> str:
             mem = r["memory"]
             temps = [mem[k]["temp_size_in_bytes"] for k in ("custom", "autodiff")]
             temp = " / ".join("?" if b is None else f"{b / 2**20:.1f}" for b in temps)
+            res = r["residuals"]
+            saved = " / ".join(
+                f"{res[k]['saved_bytes'] / 2**20:.2f}" for k in ("custom", "autodiff")
+            )
             rows.append(
                 [
                     f"{r['size']} {tuple(r['shape'].values())}",
@@ -381,6 +424,7 @@ def tables(doc: dict) -> str:
                     _ratio(r["custom_over_floor"]),
                     f"{r['custom_gflops_per_s']:.1f}",
                     temp,
+                    saved,
                 ]
             )
         out.append(
@@ -395,6 +439,7 @@ def tables(doc: dict) -> str:
                     "custom / floor",
                     "custom GFLOP/s",
                     "temp MiB custom / autodiff",
+                    "residuals MiB custom / autodiff",
                 ],
                 rows,
             )
@@ -449,17 +494,28 @@ def tables(doc: dict) -> str:
     if ens:
         rows = [
             [
-                str(r["K"]),
-                _ms(r["seconds"]),
-                _ms(r["seconds_per_model"]),
-                _ratio(r["over_one_model"]),
+                str(own["K"]),
+                _ms(own["seconds_per_model"]),
+                _ratio(own["over_one_model"]),
+                _ms(shared["seconds_per_model"]),
+                _ratio(shared["over_one_model"]),
             ]
-            for r in ens["rows"]
+            for own, shared in zip(ens["rows"], ens["shared_order_rows"], strict=True)
         ]
         out.append(
             f"(f) ensembles, {ens['size']} {tuple(ens['shape'].values())}, "
-            f"{ens['steps']} steps per epoch\n\n"
-            + _markdown(["K", "ms per epoch", "ms per model", "time / one model"], rows)
+            f"{ens['steps']} steps per epoch (own: each model its own shuffle; "
+            "shared: the same minibatches for all K)\n\n"
+            + _markdown(
+                [
+                    "K",
+                    "own: ms per model",
+                    "own: time / one model",
+                    "shared: ms per model",
+                    "shared: time / one model",
+                ],
+                rows,
+            )
         )
     return "\n\n".join(out)
 

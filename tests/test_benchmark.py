@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gated_jax as gj
 from experiments import bench_train
 from experiments import benchmark
 
@@ -41,9 +42,16 @@ def test_quick_run_writes_every_part_and_a_plot(tmp_path, capsys, monkeypatch):
         assert step[ratio]["min"] <= step[ratio]["median"] <= step[ratio]["max"]
     assert step["step_flops"] == benchmark.step_flops(*TINY)
     assert set(step["memory"]) == {"custom", "autodiff"}
+    B, _, _, H, Q = TINY
+    # The custom loss keeps the Activations (a1_L, a1_R, a2_L, a2_R, a2_LR, a3) and
+    # nothing else of its own; autodiff keeps more (tanh and sigmoid outputs, W^T).
+    assert step["residuals"]["custom"]["saved_bytes"] == 4 * B * (2 * H + 3 * Q + 1)
+    assert step["residuals"]["autodiff"]["saved_bytes"] > step["residuals"]["custom"]["saved_bytes"]
     (throughput,) = doc["throughput"]
     assert set(throughput["examples_per_s"]) == {"scan_epoch", "step_loop"}
-    assert [r["K"] for r in doc["ensembles"]["rows"]] == list(benchmark.ENSEMBLE_KS)
+    for rows in (doc["ensembles"]["rows"], doc["ensembles"]["shared_order_rows"]):
+        assert [r["K"] for r in rows] == list(benchmark.ENSEMBLE_KS)
+        assert rows[0]["over_one_model"]["median"] == 1.0
     assert [r["shape"]["B"] for r in doc["sweep"]["batch"]] == list(benchmark.QUICK_SWEEP_BATCH)
     assert "torch" not in doc
     assert (tmp_path / "bench-scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -137,3 +145,35 @@ def test_synthetic_data_is_balanced_pm1():
     data = bench_train.synthetic_data(jax.random.key(0), 1000, 3, 4)
     assert data.x_left.shape == (1000, 3) and data.x_right.shape == (1000, 4)
     assert set(np.unique(data.t)) == {-1.0, 1.0} and abs(float(jnp.mean(data.t))) < 0.1
+
+
+def test_residuals_count_what_the_backward_keeps_beyond_the_arguments():
+    args = benchmark.problem(*TINY)
+    B, _, _, H, Q = TINY
+    kept = benchmark.residuals(gj.loss, args)
+    assert kept == {
+        "saved_bytes": 4 * B * (2 * H + 3 * Q + 1),
+        "saved_arrays": 6,
+        "argument_arrays": 15,
+    }
+    # A loss whose pullback holds a copy of x_left is charged for it: the count
+    # is not of the arguments' sizes.
+    copying = lambda p, xl, xr, t: gj.loss(p, xl + 0.0, xr, t)  # noqa: E731
+    assert benchmark.residuals(copying, args)["saved_bytes"] > kept["saved_bytes"]
+
+
+def test_a_shared_order_ensemble_trains_each_model_on_the_first_models_minibatches():
+    fns = bench_train.ensemble_functions(TINY, steps=2, ks=(3,), shared_order=True)
+    params, _, _ = fns["K=3"]()
+    model, optimizer, data, _ = bench_train._setup(TINY, 2)
+    epoch = jax.jit(bench_train.train_lib.make_train_epoch(model, optimizer, TINY[0]))
+    keys = jax.random.split(jax.random.key(3), 3)
+    for k in range(3):
+        alone = model.init(keys[k], TINY[1], TINY[2])
+        own, _, _ = epoch(alone, optimizer.init(alone), keys[k], data)
+        shared, _, _ = epoch(alone, optimizer.init(alone), keys[0], data)
+        member = jax.tree_util.tree_map(lambda leaf, k=k: leaf[k], params)
+        chex.assert_trees_all_close(shared, member, rtol=1e-5, atol=1e-6)
+        if k > 0:  # the check tells the two orders apart
+            with pytest.raises(AssertionError):
+                chex.assert_trees_all_close(own, member, rtol=1e-5, atol=1e-6)
