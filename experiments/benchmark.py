@@ -1,7 +1,7 @@
 """Speed and memory of the explicit backward: the benchmark suite.
 
-    python -m experiments.benchmark            # everything, about 15 min on 2 CPU cores
-    python -m experiments.benchmark --quick    # about a minute: fewer sizes and repeats
+    python -m experiments.benchmark            # everything, about 10 min on 2 CPU cores
+    python -m experiments.benchmark --quick    # about 1.5 min: fewer sizes and repeats
 
 Parts, each written to one JSON (`--out`, default runs/benchmark-<time>.json)
 with the machine it ran on, and plotted (`--plots`, default next to the JSON):
