@@ -111,17 +111,28 @@ def test_scan_epoch_and_step_loop_train_identically():
     chex.assert_trees_all_close(params_scan, params_loop, rtol=1e-5, atol=1e-6)
 
 
-def test_each_model_of_an_ensemble_trains_like_a_model_alone():
-    fns = bench_train.ensemble_functions(TINY, steps=2, ks=(3,))
+@pytest.mark.parametrize("shared_order", [False, True], ids=["own-order", "shared-order"])
+def test_each_model_of_an_ensemble_trains_like_a_model_alone(shared_order):
+    """Model k alone, on its own shuffle (keys[k]) or on the first model's (keys[0])."""
+    fns = bench_train.ensemble_functions(TINY, steps=2, ks=(3,), shared_order=shared_order)
     params, _, _ = fns["K=3"]()
     model, optimizer, data, _ = bench_train._setup(TINY, 2)
     epoch = jax.jit(bench_train.train_lib.make_train_epoch(model, optimizer, TINY[0]))
     keys = jax.random.split(jax.random.key(3), 3)
     for k in range(3):
         alone = model.init(keys[k], TINY[1], TINY[2])
-        alone, _, _ = epoch(alone, optimizer.init(alone), keys[k], data)
         member = jax.tree_util.tree_map(lambda leaf, k=k: leaf[k], params)
-        chex.assert_trees_all_close(alone, member, rtol=1e-5, atol=1e-6)
+        orders = {
+            "want": keys[0] if shared_order else keys[k],
+            "other": keys[k if shared_order else 0],
+        }
+        for which, key in orders.items():
+            trained, _, _ = epoch(alone, optimizer.init(alone), key, data)
+            if which == "want":
+                chex.assert_trees_all_close(trained, member, rtol=1e-5, atol=1e-6)
+            elif k > 0:  # the check tells the two orders apart
+                with pytest.raises(AssertionError):
+                    chex.assert_trees_all_close(trained, member, rtol=1e-5, atol=1e-6)
 
 
 def test_torch_is_reported_as_skipped_when_missing(monkeypatch):
@@ -160,20 +171,3 @@ def test_residuals_count_what_the_backward_keeps_beyond_the_arguments():
     # is not of the arguments' sizes.
     copying = lambda p, xl, xr, t: gj.loss(p, xl + 0.0, xr, t)  # noqa: E731
     assert benchmark.residuals(copying, args)["saved_bytes"] > kept["saved_bytes"]
-
-
-def test_a_shared_order_ensemble_trains_each_model_on_the_first_models_minibatches():
-    fns = bench_train.ensemble_functions(TINY, steps=2, ks=(3,), shared_order=True)
-    params, _, _ = fns["K=3"]()
-    model, optimizer, data, _ = bench_train._setup(TINY, 2)
-    epoch = jax.jit(bench_train.train_lib.make_train_epoch(model, optimizer, TINY[0]))
-    keys = jax.random.split(jax.random.key(3), 3)
-    for k in range(3):
-        alone = model.init(keys[k], TINY[1], TINY[2])
-        own, _, _ = epoch(alone, optimizer.init(alone), keys[k], data)
-        shared, _, _ = epoch(alone, optimizer.init(alone), keys[0], data)
-        member = jax.tree_util.tree_map(lambda leaf, k=k: leaf[k], params)
-        chex.assert_trees_all_close(shared, member, rtol=1e-5, atol=1e-6)
-        if k > 0:  # the check tells the two orders apart
-            with pytest.raises(AssertionError):
-                chex.assert_trees_all_close(own, member, rtol=1e-5, atol=1e-6)
