@@ -587,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--quick", action="store_true", help="about a minute: fewer sizes, repeats")
+    p.add_argument("--quick", action="store_true", help="about 1.5 min: fewer sizes, repeats")
     p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=None, help="for (a)-(e)")
     p.add_argument("--repeats", type=int, default=None, help="default 5 (quick) or 31")
     p.add_argument("--number", type=int, default=None, help="calls per timing (default 5)")
